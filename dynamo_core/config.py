@@ -1,0 +1,170 @@
+"""Configuration: one TOML file, every setting with a default, every mistake named.
+
+Unknown sections and keys are errors rather than silently ignored: a typo in ``[cluster]``
+should not quietly leave a bucket at the wrong quorum.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+from .wire import DEFAULT_MAX_MESSAGE_BYTES
+
+MAX_REPLICAS = 64
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """Quorum and resolution settings of one bucket."""
+
+    name: str
+    n: int
+    r: int
+    w: int
+    resolver: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    n: int = 3
+    r: int = 2
+    w: int = 2
+    #: Seconds a coordinator waits for replicas before it reports the quorum unmet.
+    request_timeout: float = 2.0
+    #: Seconds between two gossip rounds of a node.
+    gossip_interval: float = 1.0
+    max_clock_entries: int = 10
+    max_siblings: int = 100
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_pending_requests: int = 10_000
+    capacity: int = 1
+    storage: Mapping[str, Any] = field(default_factory=lambda: {"engine": "diskcache"})
+    failure_detector: Mapping[str, Any] = field(
+        default_factory=lambda: {"plugin": "phi-accrual", "threshold": 8.0})
+    partitioning: Mapping[str, Any] = field(
+        default_factory=lambda: {"strategy": "strategy-1", "tokens_per_capacity": 64})
+    buckets: Mapping[str, BucketConfig] = field(default_factory=dict)
+    plugin_modules: tuple[str, ...] = ()
+
+    def bucket(self, name: str) -> BucketConfig:
+        """A bucket's settings; buckets not in the file use the cluster's quorum."""
+        return self.buckets.get(name) or BucketConfig(name, self.n, self.r, self.w)
+
+
+# ---------------------------------------------------------------------- loading
+
+_SECTIONS = {"cluster", "node", "storage", "failure_detector", "partitioning", "buckets",
+             "plugins", "limits"}
+_CLUSTER_KEYS = {"n", "r", "w", "request_timeout", "gossip_interval"}
+_LIMIT_KEYS = {"max_clock_entries", "max_siblings", "max_message_bytes", "max_pending_requests"}
+
+
+def load(path: str | Path | None) -> Config:
+    """Read a TOML file (or nothing: all defaults)."""
+    if path is None:
+        return from_mapping({})
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return from_mapping(data, source=str(path))
+
+
+def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
+    _no_unknown(data, _SECTIONS, source)
+    cluster = _table(data, "cluster", source)
+    _no_unknown(cluster, _CLUSTER_KEYS, f"{source} [cluster]")
+    limits = _table(data, "limits", source)
+    _no_unknown(limits, _LIMIT_KEYS, f"{source} [limits]")
+    node = _table(data, "node", source)
+    _no_unknown(node, {"capacity"}, f"{source} [node]")
+    defaults = Config()
+    n, r, w = (_int(cluster, k, getattr(defaults, k), 1, MAX_REPLICAS, "cluster") for k in "nrw")
+    _check_quorum(n, r, w, "[cluster]")
+    config = Config(
+        n=n, r=r, w=w,
+        request_timeout=_number(cluster, "request_timeout", defaults.request_timeout, "cluster"),
+        gossip_interval=_number(cluster, "gossip_interval", defaults.gossip_interval, "cluster"),
+        max_clock_entries=_int(limits, "max_clock_entries", defaults.max_clock_entries, 1, 1000,
+                               "limits"),
+        max_siblings=_int(limits, "max_siblings", defaults.max_siblings, 1, 1000, "limits"),
+        max_message_bytes=_int(limits, "max_message_bytes", defaults.max_message_bytes,
+                               64 * 1024, 1 << 30, "limits"),
+        max_pending_requests=_int(limits, "max_pending_requests",
+                                  defaults.max_pending_requests, 1, 10_000_000, "limits"),
+        capacity=_int(node, "capacity", 1, 1, 1024, "node"),
+        storage={**defaults.storage, **_table(data, "storage", source)},
+        failure_detector={**defaults.failure_detector, **_table(data, "failure_detector", source)},
+        partitioning={**defaults.partitioning, **_table(data, "partitioning", source)},
+        plugin_modules=_plugin_modules(data, source),
+    )
+    buckets = {name: _bucket(name, spec, config, source)
+               for name, spec in _table(data, "buckets", source).items()}
+    return replace(config, buckets=buckets)
+
+
+def _bucket(name: str, spec: Any, config: Config, source: str) -> BucketConfig:
+    where = f"[buckets.{name}]"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{source} {where} must be a table")
+    _no_unknown(spec, {"n", "r", "w", "resolver"}, f"{source} {where}")
+    n = _int(spec, "n", config.n, 1, MAX_REPLICAS, f"buckets.{name}")
+    r = _int(spec, "r", min(config.r, n), 1, MAX_REPLICAS, f"buckets.{name}")
+    w = _int(spec, "w", min(config.w, n), 1, MAX_REPLICAS, f"buckets.{name}")
+    _check_quorum(n, r, w, where)
+    resolver = spec.get("resolver")
+    if resolver is not None and (not isinstance(resolver, str) or not resolver):
+        raise ConfigError(f"{where} resolver must be a plugin name (text)")
+    return BucketConfig(name, n, r, w, resolver)
+
+
+def _check_quorum(n: int, r: int, w: int, where: str) -> None:
+    if r > n or w > n:
+        raise ConfigError(f"{where}: r={r} and w={w} must not exceed n={n}")
+
+
+def _plugin_modules(data: Mapping[str, Any], source: str) -> tuple[str, ...]:
+    plugins = _table(data, "plugins", source)
+    _no_unknown(plugins, {"modules"}, f"{source} [plugins]")
+    modules = plugins.get("modules", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ConfigError("[plugins] modules must be a list of import paths (text)")
+    return tuple(modules)
+
+
+def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    return value
+
+
+def _no_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(allowed))}")
+
+
+def _int(table: Mapping[str, Any], key: str, default: int, low: int, high: int,
+         section: str) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"[{section}] {key} must be an integer from {low} to {high}, "
+                          f"got {value!r}")
+    return value
+
+
+def _number(table: Mapping[str, Any], key: str, default: float, section: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+        raise ConfigError(f"[{section}] {key} must be a number of seconds above 0, "
+                          f"got {value!r}")
+    return float(value)

@@ -1,0 +1,162 @@
+"""Gossip membership: who is in the cluster, where they listen and which tokens they hold.
+
+Each member's record carries a version that only its owner raises (or, for a removal, the
+node that removes it). Gossip between two nodes exchanges all records and both keep the
+higher version of each, so changes spread epidemically, about once a second per node, with
+no master. Seeds are plain addresses a node gossips with until it knows better, and now and
+then afterwards so separately started groups find each other.
+
+A node that learns of a *newer* record about itself than it holds (it restarted with an empty
+data directory) takes back the tokens the cluster remembers and re-announces itself above that
+version: its place on the ring is the cluster's memory, not a fresh random draw.
+
+Pure logic: no sockets and no clocks; randomness comes in as a ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Mapping, Sequence
+
+from .hookspecs import MemberInfo, PartitionStrategy
+from .ring import Ring
+
+#: Statuses a member record can have. A removed member stays as a record (a tombstone) so
+#: that stale gossip cannot resurrect it.
+STATUSES = ("joining", "up", "leaving", "removed")
+RING_STATUSES = frozenset({"up", "leaving"})
+
+_TOKEN_BYTES = 16
+MAX_TOKENS_PER_MEMBER = 65_536
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    address: str
+    capacity: int
+    tokens: tuple[int, ...]
+    status: str = "up"
+    version: int = 1
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "capacity": self.capacity,
+                "tokens": b"".join(t.to_bytes(_TOKEN_BYTES, "big") for t in self.tokens),
+                "status": self.status, "version": self.version}
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> Member:
+        """Parse a gossiped record; raises ValueError naming the bad field."""
+        name, address = body.get("name"), body.get("address")
+        capacity, blob = body.get("capacity"), body.get("tokens")
+        status, version = body.get("status"), body.get("version")
+        if not isinstance(name, str) or not 0 < len(name) <= 256:
+            raise ValueError("member name must be text of 1 to 256 characters")
+        if not isinstance(address, str) or not address.startswith("tcp://") or len(address) > 512:
+            raise ValueError(f"member {name}: address must be a tcp:// endpoint")
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 < capacity <= 1024:
+            raise ValueError(f"member {name}: capacity must be an integer from 1 to 1024")
+        if (not isinstance(blob, bytes) or len(blob) % _TOKEN_BYTES
+                or len(blob) // _TOKEN_BYTES > MAX_TOKENS_PER_MEMBER):
+            raise ValueError(f"member {name}: tokens must be 16-byte big-endian integers")
+        if status not in STATUSES:
+            raise ValueError(f"member {name}: status must be one of {', '.join(STATUSES)}")
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 1 << 62:
+            raise ValueError(f"member {name}: version must be a positive integer")
+        tokens = tuple(int.from_bytes(blob[i:i + _TOKEN_BYTES], "big")
+                       for i in range(0, len(blob), _TOKEN_BYTES))
+        return cls(name, address, capacity, tokens, status, version)
+
+
+class Membership:
+    """One node's view of the cluster, and the ring that view implies."""
+
+    def __init__(self, me: Member, strategy: PartitionStrategy,
+                 strategy_options: Mapping[str, Any], seeds: Sequence[str] = ()) -> None:
+        self._members: dict[str, Member] = {me.name: me}
+        self._me = me.name
+        self._strategy = strategy
+        self._options = dict(strategy_options)
+        self.seeds = tuple(s for s in seeds if s != me.address)
+        self._ring: Ring | None = None
+
+    # ----------------------------------------------------------------- views
+
+    @property
+    def me(self) -> Member:
+        return self._members[self._me]
+
+    def get(self, name: str) -> Member | None:
+        return self._members.get(name)
+
+    def members(self) -> list[Member]:
+        return sorted(self._members.values(), key=lambda m: m.name)
+
+    def live_members(self) -> list[Member]:
+        """Members that hold a place on the ring."""
+        return [m for m in self.members() if m.status in RING_STATUSES]
+
+    def address_of(self, name: str) -> str | None:
+        member = self._members.get(name)
+        return member.address if member else None
+
+    @property
+    def ring(self) -> Ring:
+        if self._ring is None:
+            infos = [MemberInfo(m.name, m.capacity, m.tokens) for m in self.live_members()]
+            self._ring = Ring(self._strategy.ring_tokens(infos, self._options))
+        return self._ring
+
+    def to_wire(self) -> list[dict[str, Any]]:
+        return [m.to_wire() for m in self.members()]
+
+    # ----------------------------------------------------------------- changes
+
+    def update_me(self, **changes: Any) -> Member:
+        """Change this node's own record; the new version makes the change win gossip."""
+        me = self.me
+        self._set(replace(me, version=me.version + 1, **changes))
+        return self.me
+
+    def merge(self, remote: Iterable[Member]) -> bool:
+        """Fold in records from a peer; True when anything this node knows changed."""
+        changed = False
+        for theirs in remote:
+            if theirs.name == self._me:
+                changed |= self._merge_about_me(theirs)
+                continue
+            mine = self._members.get(theirs.name)
+            if mine is None or theirs.version > mine.version:
+                self._set(theirs)
+                changed = True
+        return changed
+
+    def _merge_about_me(self, theirs: Member) -> bool:
+        me = self.me
+        if theirs.version < me.version or theirs == me:
+            return False
+        # The cluster remembers a newer record of this node: take back its tokens, keep
+        # this process's own address and capacity, and announce above what it remembers.
+        tokens = theirs.tokens if theirs.tokens else me.tokens
+        self._set(replace(me, tokens=tokens, version=theirs.version + 1,
+                          status="up" if theirs.status != "removed" else me.status))
+        return True
+
+    def _set(self, member: Member) -> None:
+        old = self._members.get(member.name)
+        self._members[member.name] = member
+        if old is None or (old.tokens, old.status, old.capacity) != (
+                member.tokens, member.status, member.capacity):
+            self._ring = None
+
+    # ----------------------------------------------------------------- gossip
+
+    def gossip_target(self, rng: random.Random) -> str | None:
+        """The address to gossip with this round: a random peer, sometimes a seed."""
+        peers = [m.address for m in self.members()
+                 if m.name != self._me and m.status != "removed"]
+        if self.seeds and (not peers or rng.random() < 1.0 / (len(peers) + 1)):
+            return rng.choice(self.seeds)
+        return rng.choice(peers) if peers else None
+

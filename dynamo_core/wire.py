@@ -1,0 +1,271 @@
+"""The one wire format: a versioned CBOR envelope, one item per ZeroMQ frame.
+
+Envelope: ``{"v": 1, "t": <type>, "id": <request id or null>, "from": <node name or null>,
+"b": <body map>}``. Every frame from the network is untrusted: it is decoded with limits
+(size, nesting depth, no indefinite lengths, no duplicate map keys, map keys only text or
+bytes, no semantic tags but a small harmless set) and then checked against the schema of
+its message type before any protocol code sees it. Anything else raises :class:`WireError`
+with a message that names the problem, which the node sends back as an error reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import cbor2
+
+from .errors import WireError
+
+PROTOCOL_VERSION = 1
+
+#: Default bound on one frame; the transport also sets it as ZeroMQ's MAXMSGSIZE.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_KEY_CHARS = 4096
+MAX_BUCKET_CHARS = 128
+
+#: Semantic tags a value may carry: date/times, bignums, UUIDs and sets. Everything else is
+#: refused: shared references can build cycles, string references and decimal/bigfloat
+#: exponents can blow up memory or CPU, regular expressions can be catastrophic to compile.
+SAFE_TAGS = frozenset({0, 1, 2, 3, 37, 258})
+_BUILT_IN_TAGS = (4, 5, 25, 28, 29, 30, 35, 36, 52, 54, 100, 256, 260, 261, 1004, 55799)
+
+
+def _reject_tag(tag: int) -> Callable[[Any], Any]:
+    def reject(_decoder: Any) -> Any:
+        raise cbor2.CBORDecodeError(f"semantic tag {tag} is not accepted")
+    return reject
+
+
+def _reject_unknown_tag(_decoder: Any, tag: cbor2.CBORTag) -> Any:
+    raise cbor2.CBORDecodeError(f"semantic tag {tag.tag} is not accepted")
+
+
+_REJECTING_DECODERS = {tag: _reject_tag(tag) for tag in _BUILT_IN_TAGS}
+
+
+def safe_loads(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
+    """Decode one untrusted CBOR item with every limit on; raises WireError."""
+    if len(data) > max_bytes:
+        raise WireError(f"frame of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        return cbor2.loads(
+            data,
+            max_depth=MAX_DEPTH,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            strict_hashable_types=True,
+            semantic_decoders=_REJECTING_DECODERS,
+            tag_hook=_reject_unknown_tag,
+        )
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, MemoryError,
+            RecursionError, EOFError) as exc:
+        raise WireError(f"frame is not a valid CBOR item: {exc}") from None
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode for the wire or for storage; raises InvalidRequest-style WireError on failure."""
+    try:
+        return cbor2.dumps(obj)
+    except (cbor2.CBOREncodeError, ValueError, TypeError) as exc:
+        raise WireError(f"value cannot be encoded as CBOR: {exc}") from None
+
+
+# ====================================================================== schemas
+
+
+@dataclass(frozen=True)
+class Field:
+    """One body field: a check that raises ValueError with the reason, and whether required."""
+
+    check: Callable[[Any], None]
+    required: bool = True
+
+
+def text(max_chars: int = 1024, pattern: Callable[[str], bool] | None = None,
+         what: str = "text") -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if not isinstance(v, str):
+            raise ValueError(f"must be {what}, got {type(v).__name__}")
+        if len(v) > max_chars:
+            raise ValueError(f"is {len(v)} characters, more than {max_chars}")
+        if pattern is not None and not pattern(v):
+            raise ValueError(f"{v[:40]!r} is not a valid {what}")
+    return check
+
+
+def integer(low: int, high: int) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"must be an integer, got {type(v).__name__}")
+        if not low <= v <= high:
+            raise ValueError(f"must be between {low} and {high}, got {v}")
+    return check
+
+
+def of_type(*types: type, what: str) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise ValueError(f"must be {what}, got {type(v).__name__}")
+    return check
+
+
+def list_of(item: Callable[[Any], None] | None, max_items: int) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if not isinstance(v, list):
+            raise ValueError(f"must be a list, got {type(v).__name__}")
+        if len(v) > max_items:
+            raise ValueError(f"has {len(v)} items, more than {max_items}")
+        if item is not None:
+            for i, x in enumerate(v):
+                try:
+                    item(x)
+                except ValueError as exc:
+                    raise ValueError(f"item {i} {exc}") from None
+    return check
+
+
+def anything(_v: Any) -> None:
+    """Application values: any CBOR item the decoder accepted."""
+
+
+def _is_bucket_name(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "_.-" for c in name)
+
+
+BUCKET = Field(text(MAX_BUCKET_CHARS, _is_bucket_name, "bucket name (letters, digits, _ . -)"))
+KEY = Field(text(MAX_KEY_CHARS, lambda k: len(k) > 0, "non-empty key"))
+QUORUM = Field(integer(1, 64), required=False)
+CONTEXT = Field(of_type(bytes, type(None), what="context bytes or null"), required=False)
+MAP = of_type(dict, what="a map")
+VERSIONS = Field(list_of(MAP, 1024))
+MEMBERS = Field(list_of(MAP, 4096))
+
+Schema = Mapping[str, Field]
+
+#: The built-in message types. Replies are checked too: a client or peer trusts nothing.
+BUILT_IN_SCHEMAS: dict[str, Schema] = {
+    # client -> any node
+    "get": {"bucket": BUCKET, "key": KEY, "r": QUORUM,
+            "resolve": Field(of_type(bool, what="a boolean"), required=False)},
+    "put": {"bucket": BUCKET, "key": KEY, "value": Field(anything), "context": CONTEXT,
+            "w": QUORUM, "forwarded": Field(of_type(bool, what="a boolean"), required=False)},
+    "delete": {"bucket": BUCKET, "key": KEY, "context": CONTEXT, "w": QUORUM,
+               "forwarded": Field(of_type(bool, what="a boolean"), required=False)},
+    "status": {},
+    "inspect": {"bucket": BUCKET, "key": KEY},
+    "preflist": {"bucket": BUCKET, "key": KEY},
+    "ping": {},
+    # node -> node
+    "replica_get": {"bucket": BUCKET, "key": KEY},
+    "replica_put": {"bucket": BUCKET, "key": KEY, "versions": VERSIONS},
+    "gossip": {"members": MEMBERS},
+    # replies
+    "get_ok": {"values": Field(list_of(None, 1024)), "context": Field(of_type(bytes, what="bytes")),
+               "siblings": Field(list_of(MAP, 1024), required=False)},
+    "put_ok": {"context": Field(of_type(bytes, what="bytes"))},
+    "replica_get_ok": {"versions": VERSIONS},
+    "replica_put_ok": {},
+    "gossip_ok": {"members": MEMBERS},
+    "status_ok": {"status": Field(MAP)},
+    "inspect_ok": {"inspect": Field(MAP)},
+    "preflist_ok": {"preflist": Field(MAP)},
+    "pong": {"node": Field(text(256), required=False)},
+    "error": {"code": Field(text(64)), "message": Field(text(4096))},
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded, schema-checked envelope."""
+
+    type: str
+    body: dict[str, Any]
+    id: int | None = None
+    sender: str | None = None
+
+
+class Codec:
+    """Encodes and checks envelopes against the message types a node knows.
+
+    Each node has its own codec (protocol extensions add types to it); there is no global
+    registry to mutate.
+    """
+
+    def __init__(self, schemas: Mapping[str, Schema] = BUILT_IN_SCHEMAS,
+                 max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.schemas: dict[str, Schema] = dict(schemas)
+        self.max_bytes = max_bytes
+
+    def register(self, msg_type: str, schema: Schema) -> None:
+        if msg_type in self.schemas:
+            raise ValueError(f"message type {msg_type!r} is already registered")
+        self.schemas[msg_type] = schema
+
+    def encode(self, msg_type: str, body: Mapping[str, Any], req_id: int | None = None,
+               sender: str | None = None) -> bytes:
+        data = dumps({"v": PROTOCOL_VERSION, "t": msg_type, "id": req_id, "from": sender,
+                      "b": dict(body)})
+        if len(data) > self.max_bytes:
+            raise WireError(f"{msg_type} message of {len(data)} bytes exceeds the "
+                            f"{self.max_bytes}-byte limit")
+        return data
+
+    def decode(self, frame: bytes) -> Message:
+        envelope = safe_loads(frame, self.max_bytes)
+        msg_type, req_id, sender, body = self._envelope(envelope)
+        self._check_body(msg_type, body)
+        return Message(msg_type, body, req_id, sender)
+
+    def request_id_of(self, frame: bytes) -> int | None:
+        """Best effort: the request id of a frame that failed validation, to address an error."""
+        try:
+            envelope = safe_loads(frame, self.max_bytes)
+        except WireError:
+            return None
+        rid = envelope.get("id") if isinstance(envelope, dict) else None
+        return rid if isinstance(rid, int) and not isinstance(rid, bool) else None
+
+    def _envelope(self, envelope: Any) -> tuple[str, int | None, str | None, dict]:
+        if not isinstance(envelope, dict):
+            raise WireError(f"envelope must be a map, got {type(envelope).__name__}")
+        unknown = set(envelope) - {"v", "t", "id", "from", "b"}
+        if unknown:
+            raise WireError(f"envelope has unknown fields: {sorted(map(str, unknown))}")
+        if envelope.get("v") != PROTOCOL_VERSION:
+            raise WireError(f"unsupported protocol version {envelope.get('v')!r} "
+                            f"(this node speaks {PROTOCOL_VERSION})")
+        msg_type = envelope.get("t")
+        if not isinstance(msg_type, str):
+            raise WireError("envelope field 't' (message type) must be text")
+        if msg_type not in self.schemas:
+            raise WireError(f"unknown message type {msg_type[:64]!r}")
+        req_id = envelope.get("id")
+        if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, int)
+                                   or not 0 <= req_id < 1 << 63):
+            raise WireError("envelope field 'id' must be a non-negative integer or null")
+        sender = envelope.get("from")
+        if sender is not None and (not isinstance(sender, str) or len(sender) > 256):
+            raise WireError("envelope field 'from' must be a node name or null")
+        body = envelope.get("b")
+        if not isinstance(body, dict):
+            raise WireError("envelope field 'b' (body) must be a map")
+        return msg_type, req_id, sender, body
+
+    def _check_body(self, msg_type: str, body: dict[str, Any]) -> None:
+        schema = self.schemas[msg_type]
+        unknown = set(body) - set(schema)
+        if unknown:
+            raise WireError(f"{msg_type}: unknown fields {sorted(map(str, unknown))}")
+        for name, spec in schema.items():
+            if name not in body:
+                if spec.required:
+                    raise WireError(f"{msg_type}: missing field {name!r}")
+                continue
+            if body[name] is None and not spec.required:
+                continue
+            try:
+                spec.check(body[name])
+            except ValueError as exc:
+                raise WireError(f"{msg_type}: field {name!r} {exc}") from None
