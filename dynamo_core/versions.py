@@ -197,20 +197,18 @@ def _parse_entry(entry: Any) -> tuple[str, int, float, bool]:
 
 def _normalized(vector: dict[str, tuple[int, float]],
                 dots: Iterable[tuple[str, int, float]]) -> Clock:
-    """Fold dots that extend the vector contiguously; drop dots the vector already covers."""
-    pending = sorted(dots, key=lambda d: (d[0], d[1]))
-    kept: list[tuple[str, int, float]] = []
-    for actor, counter, ts in pending:
-        have = vector.get(actor, (0, 0.0))
-        if counter <= have[0]:
-            continue
-        if counter == have[0] + 1:
-            vector[actor] = (counter, max(ts, have[1]))
-        else:
-            kept.append((actor, counter, ts))
-    # A fold can make a previously isolated dot contiguous; sorting made that one pass.
+    """Fold dots that extend the vector contiguously; drop dots the vector already covers.
+
+    A dot is one event whatever its timestamp: when the same event arrives twice (say, from
+    two merged contexts stamped differently) it is kept once, with the later timestamp.
+    """
+    latest: dict[tuple[str, int], float] = {}
+    for actor, counter, ts in dots:
+        seen = latest.get((actor, counter))
+        latest[(actor, counter)] = ts if seen is None else max(seen, ts)
     final = []
-    for actor, counter, ts in kept:
+    # In (actor, counter) order, a fold makes the next dot of that actor contiguous in turn.
+    for (actor, counter), ts in sorted(latest.items()):
         have = vector.get(actor, (0, 0.0))
         if counter <= have[0]:
             continue
@@ -256,6 +254,8 @@ class Version:
             raise ValueError("a version is a map")
         try:
             dot = body["dot"]
+            if not isinstance(dot, list) or len(dot) != 2:
+                raise ValueError("a version's dot is [actor, counter]")
             actor, counter, _, _ = _parse_entry([dot[0], dot[1], 0.0])
             ts = body["ts"]
             tomb = body["tomb"]
@@ -276,11 +276,21 @@ def reconcile(versions: Iterable[Version]) -> list[Version]:
     """
     by_dot: dict[Dot, Version] = {}
     for v in versions:
-        by_dot.setdefault(v.dot, v)
+        held = by_dot.get(v.dot)
+        if held is None:
+            by_dot[v.dot] = v
+        elif held != v and _wire_bytes(v) > _wire_bytes(held):
+            # Two different versions under one dot should never exist, but if they do, every
+            # node must keep the same one whatever order the replicas answered in.
+            by_dot[v.dot] = v
     candidates = list(by_dot.values())
     maximal = [v for v in candidates if not any(o.obsoletes(v) for o in candidates)]
     maximal.sort(key=lambda v: v.dot)
     return maximal
+
+
+def _wire_bytes(version: Version) -> bytes:
+    return cbor2.dumps(version.to_wire(), canonical=True)
 
 
 def context_of(versions: Iterable[Version]) -> Clock:

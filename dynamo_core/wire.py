@@ -10,6 +10,7 @@ with a message that names the problem, which the node sends back as an error rep
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -32,36 +33,80 @@ SAFE_TAGS = frozenset({0, 1, 2, 3, 37, 258})
 _BUILT_IN_TAGS = (4, 5, 25, 28, 29, 30, 35, 36, 52, 54, 100, 256, 260, 261, 1004, 55799)
 
 
-def _reject_tag(tag: int) -> Callable[[Any], Any]:
-    def reject(_decoder: Any) -> Any:
+def _reject_tag(tag: int) -> Callable[..., Any]:
+    # cbor2 >= 6 calls a semantic decoder as (value, immutable); accept any arguments so the
+    # refusal is ours, with our message, whatever the calling convention.
+    def reject(*_args: Any) -> Any:
         raise cbor2.CBORDecodeError(f"semantic tag {tag} is not accepted")
     return reject
 
 
-def _reject_unknown_tag(_decoder: Any, tag: cbor2.CBORTag) -> Any:
-    raise cbor2.CBORDecodeError(f"semantic tag {tag.tag} is not accepted")
+def _reject_unknown_tag(*args: Any) -> Any:
+    # cbor2 >= 6 calls the tag hook as (tag, immutable); older releases as (decoder, tag).
+    tag = next((a for a in args if isinstance(a, cbor2.CBORTag)), None)
+    number = tag.tag if tag is not None else "?"
+    raise cbor2.CBORDecodeError(f"semantic tag {number} is not accepted")
 
 
 _REJECTING_DECODERS = {tag: _reject_tag(tag) for tag in _BUILT_IN_TAGS}
 
 
+def _brief(text: str, limit: int = 200) -> str:
+    """Cut a piece of an error message so that attacker-sized input never makes it huge."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _show(value: Any) -> str:
+    """A short description of an untrusted value for an error message; never raises."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"
+    try:
+        return _brief(repr(value), 60)
+    except Exception:  # a hostile value whose repr fails must not turn into a crash
+        return f"a {type(value).__name__}"
+
+
+def _names(keys: Any) -> str:
+    """Field names for an error message: at most a few, each cut short."""
+    keys = sorted(_brief(str(k), 40) for k in keys)
+    more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+    return f"{keys[:5]}{more}"
+
+
+def _cbor_problem(exc: BaseException) -> str:
+    """The decoder's message plus its cause (cbor2 wraps the real reason), kept short."""
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text}: {cause}"
+    return _brief(text)
+
+
 def safe_loads(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
-    """Decode one untrusted CBOR item with every limit on; raises WireError."""
+    """Decode one untrusted CBOR item with every limit on; raises WireError.
+
+    The frame must hold exactly one item: bytes after it are refused rather than ignored.
+    """
     if len(data) > max_bytes:
         raise WireError(f"frame of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+    fp = io.BytesIO(data)
     try:
-        return cbor2.loads(
-            data,
+        item = cbor2.CBORDecoder(
+            fp,
             max_depth=MAX_DEPTH,
             allow_indefinite=False,
             allow_duplicate_keys=False,
             strict_hashable_types=True,
             semantic_decoders=_REJECTING_DECODERS,
             tag_hook=_reject_unknown_tag,
-        )
+        ).decode()
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, MemoryError,
             RecursionError, EOFError) as exc:
-        raise WireError(f"frame is not a valid CBOR item: {exc}") from None
+        raise WireError(f"frame is not a valid CBOR item: {_cbor_problem(exc)}") from None
+    # The decoder leaves a seekable stream positioned just after the item it read.
+    if fp.tell() != len(data):
+        raise WireError(f"frame has {len(data) - fp.tell()} trailing bytes after its CBOR item")
+    return item
 
 
 def dumps(obj: Any) -> bytes:
@@ -100,7 +145,7 @@ def integer(low: int, high: int) -> Callable[[Any], None]:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ValueError(f"must be an integer, got {type(v).__name__}")
         if not low <= v <= high:
-            raise ValueError(f"must be between {low} and {high}, got {v}")
+            raise ValueError(f"must be between {low} and {high}, got {_show(v)}")
     return check
 
 
@@ -162,8 +207,8 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     "replica_put": {"bucket": BUCKET, "key": KEY, "versions": VERSIONS},
     "gossip": {"members": MEMBERS},
     # replies
-    "get_ok": {"values": Field(list_of(None, 1024)), "context": Field(of_type(bytes, what="bytes")),
-               "siblings": Field(list_of(MAP, 1024), required=False)},
+    "get_ok": {"siblings": Field(list_of(MAP, 1024)),
+               "context": Field(of_type(bytes, what="bytes"))},
     "put_ok": {"context": Field(of_type(bytes, what="bytes"))},
     "replica_get_ok": {"versions": VERSIONS},
     "replica_put_ok": {},
@@ -174,6 +219,10 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     "pong": {"node": Field(text(256), required=False)},
     "error": {"code": Field(text(64)), "message": Field(text(4096))},
 }
+
+
+def _is_request_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
 
 
 @dataclass(frozen=True)
@@ -225,16 +274,17 @@ class Codec:
         except WireError:
             return None
         rid = envelope.get("id") if isinstance(envelope, dict) else None
-        return rid if isinstance(rid, int) and not isinstance(rid, bool) else None
+        return rid if _is_request_id(rid) else None
 
     def _envelope(self, envelope: Any) -> tuple[str, int | None, str | None, dict]:
         if not isinstance(envelope, dict):
             raise WireError(f"envelope must be a map, got {type(envelope).__name__}")
         unknown = set(envelope) - {"v", "t", "id", "from", "b"}
         if unknown:
-            raise WireError(f"envelope has unknown fields: {sorted(map(str, unknown))}")
-        if envelope.get("v") != PROTOCOL_VERSION:
-            raise WireError(f"unsupported protocol version {envelope.get('v')!r} "
+            raise WireError(f"envelope has unknown fields: {_names(unknown)}")
+        version = envelope.get("v")
+        if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
+            raise WireError(f"unsupported protocol version {_show(version)} "
                             f"(this node speaks {PROTOCOL_VERSION})")
         msg_type = envelope.get("t")
         if not isinstance(msg_type, str):
@@ -242,8 +292,7 @@ class Codec:
         if msg_type not in self.schemas:
             raise WireError(f"unknown message type {msg_type[:64]!r}")
         req_id = envelope.get("id")
-        if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, int)
-                                   or not 0 <= req_id < 1 << 63):
+        if req_id is not None and not _is_request_id(req_id):
             raise WireError("envelope field 'id' must be a non-negative integer or null")
         sender = envelope.get("from")
         if sender is not None and (not isinstance(sender, str) or len(sender) > 256):
@@ -257,7 +306,7 @@ class Codec:
         schema = self.schemas[msg_type]
         unknown = set(body) - set(schema)
         if unknown:
-            raise WireError(f"{msg_type}: unknown fields {sorted(map(str, unknown))}")
+            raise WireError(f"{msg_type}: unknown fields {_names(unknown)}")
         for name, spec in schema.items():
             if name not in body:
                 if spec.required:

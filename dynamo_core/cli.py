@@ -1,0 +1,320 @@
+"""The ``dynamo`` command line: run nodes and clusters, read and write keys, look inside.
+
+Every command that prints data takes ``--json`` (one JSON document on stdout; contexts as
+base64 text that ``--context`` accepts back). Exit status 0 on success; otherwise a one-line
+reason on stderr and status 1 (the store said no) or 2 (the command line was wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any, Callable, Sequence
+
+from . import config as config_mod
+from .client import DEFAULT_BUCKET, Client
+from .errors import ConfigError, DynamoError
+
+DEFAULT_NODE = os.environ.get("DYNAMO_NODE", "tcp://127.0.0.1:7101")
+DEFAULT_BASE_PORT = 7100
+DEFAULT_DATA_DIR = "dynamo-data"
+
+
+class UsageError(Exception):
+    """A wrong argument the parser could not catch (bad JSON value, bad address)."""
+
+
+# ====================================================================== output
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON cannot hold bytes or sets; show them in a form a reader can recognise."""
+    if isinstance(value, bytes):
+        return {"$base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, (set, frozenset)):
+        return sorted((_jsonable(v) for v in value), key=repr)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(_jsonable(value), sort_keys=True)
+
+
+def _ctx(context: bytes) -> str:
+    return base64.b64encode(context).decode("ascii")
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+# ====================================================================== data commands
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.node, timeout=args.timeout)
+
+
+def cmd_get(args: argparse.Namespace) -> str:
+    with _client(args) as c:
+        result = c.get(args.key, args.r, bucket=args.bucket)
+    doc = {"key": args.key, "bucket": args.bucket, "values": result.values,
+           "context": _ctx(result.context)}
+    if args.json:
+        return _dump(doc)
+    lines = [f"values: {_dump(result.values)}" if result.values else "values: [] (not found)"]
+    if len(result.values) > 1:
+        lines[0] += f"  ({len(result.values)} siblings)"
+    return "\n".join([*lines, f"context: {doc['context']}"])
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"VALUE is not valid JSON ({exc.msg} at column {exc.colno}); "
+                         f"quote strings, e.g. '\"book\"'") from None
+
+
+def cmd_put(args: argparse.Namespace) -> str:
+    value = _parse_value(args.value)
+    with _client(args) as c:
+        context = c.put(args.key, value, args.context, args.w, bucket=args.bucket)
+    return _dump({"context": _ctx(context)}) if args.json else f"ok\ncontext: {_ctx(context)}"
+
+
+def cmd_delete(args: argparse.Namespace) -> str:
+    with _client(args) as c:
+        context = c.delete(args.key, args.context, args.w, bucket=args.bucket)
+    return _dump({"context": _ctx(context)}) if args.json else f"deleted\ncontext: {_ctx(context)}"
+
+
+# ====================================================================== operator commands
+
+
+def cmd_status(args: argparse.Namespace) -> str:
+    with _client(args) as c:
+        status = c.status(args.node)
+    if args.json:
+        return _dump(status)
+    rows = [[m["name"], m["address"], m["state"], m["status"], m["tokens"],
+             f"{100 * m['ownership']:.1f}%"] for m in status["members"]]
+    return "\n".join([
+        f"node {status['node']} ({status['address']}), engine {status['engine']}",
+        f"keys held: {status['keys']}   hints pending: {status['hints_pending']}   "
+        f"open requests: {status['pending_requests']}   read repairs: {status['read_repairs']}",
+        "", _table(rows, ["NAME", "ADDRESS", "STATE", "STATUS", "TOKENS", "OWNS"])])
+
+
+def cmd_inspect(args: argparse.Namespace) -> str:
+    with _client(args) as c:
+        info = c.inspect(args.key, args.node, bucket=args.bucket)
+    if args.json:
+        return _dump(info)
+    lines = [f"{info['key']!r} in bucket {info['bucket']!r} on {info['node']}: "
+             f"{len(info['versions'])} version(s)"]
+    for v in info["versions"]:
+        clock = ", ".join(f"{e[0]}:{e[1]}" for e in v["clock"])
+        what = "TOMBSTONE" if v["tombstone"] else _dump(v["value"])
+        lines.append(f"  {what}  clock [{clock}]  ts {v['timestamp']:.3f}")
+    lines.append(f"hints held for this key: {len(info['hints'])}")
+    return "\n".join(lines)
+
+
+def cmd_preflist(args: argparse.Namespace) -> str:
+    with _client(args) as c:
+        info = c.preflist(args.key, bucket=args.bucket, node=args.node)
+    if args.json:
+        return _dump(info)
+    rows = [[n["name"], n["address"], n["role"], n["state"]] for n in info["nodes"]]
+    return f"{info['key']!r} in bucket {info['bucket']!r} (n={info['n']}), as {info['node']} " \
+           f"sees it:\n" + _table(rows, ["NAME", "ADDRESS", "ROLE", "STATE"])
+
+
+def cmd_plugins(args: argparse.Namespace) -> str:
+    from .plugins import Registry, make_plugin_manager
+    cfg = config_mod.load(args.config)
+    registry = Registry(make_plugin_manager(cfg.plugin_modules))
+    dists = {name: f"{dist.project_name} {dist.version}"
+             for name, dist in _plugin_distributions(registry)}
+    doc = {kind: [{"name": n, "plugin": registry.source(kind, n),
+                   "from": dists.get(registry.source(kind, n), "config [plugins] modules")}
+                  for n in registry.names(kind)] for kind in registry.KINDS}
+    if args.json:
+        return _dump(doc)
+    rows = [[kind, e["name"], e["plugin"], e["from"]] for kind, es in doc.items() for e in es]
+    return _table(rows, ["KIND", "NAME", "MODULE", "FROM"])
+
+
+def _plugin_distributions(registry: Any) -> list[tuple[str, Any]]:
+    return [(registry.pm.get_name(plugin), dist)
+            for plugin, dist in registry.pm.list_plugin_distinfo()]
+
+
+# ====================================================================== running nodes
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_node(args: argparse.Namespace) -> str:
+    from .node import Node, run_node
+    _setup_logging(args.log_level)
+    cfg = config_mod.load(args.config)
+    data_dir = args.data_dir or os.path.join(DEFAULT_DATA_DIR, args.name)
+    node = Node(args.name, args.listen, config=cfg, data_dir=data_dir, seeds=tuple(args.seed))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_node(node, stop)
+
+    asyncio.run(main())
+    return ""
+
+
+def cmd_cluster(args: argparse.Namespace) -> str:
+    from .cluster import run_cluster
+    return run_cluster(args.nodes, args.base_port, args.data_dir, args.config, args.log_level)
+
+
+def cmd_bench(args: argparse.Namespace) -> str:
+    from .bench import run_bench
+    return run_bench(args)
+
+
+# ====================================================================== parser
+
+
+def _address(text: str) -> str:
+    if not text.startswith("tcp://") or ":" not in text[6:]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address like tcp://127.0.0.1:7101")
+    return text
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynamo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Callable, help_text: str, *, client: bool = True,
+                json_out: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(fn=fn)
+        if client:
+            p.add_argument("--node", type=_address, default=DEFAULT_NODE,
+                           help=f"node to ask (default {DEFAULT_NODE}, or $DYNAMO_NODE)")
+            p.add_argument("--timeout", type=_positive(float), default=5.0,
+                           help="seconds to wait for the answer (default 5)")
+        if json_out:
+            p.add_argument("--json", action="store_true", help="print one JSON document")
+        return p
+
+    def keyed(p: argparse.ArgumentParser) -> None:
+        p.add_argument("key", metavar="KEY")
+        p.add_argument("--bucket", default=DEFAULT_BUCKET, help="bucket (default 'default')")
+
+    p = command("node", cmd_node, "run one node in the foreground", client=False, json_out=False)
+    p.add_argument("--name", required=True)
+    p.add_argument("--listen", required=True, type=_address)
+    p.add_argument("--seed", action="append", default=[], type=_address,
+                   help="address of a node to learn the cluster from (repeatable)")
+    p.add_argument("--data-dir", help=f"where this node keeps its data "
+                                      f"(default {DEFAULT_DATA_DIR}/NAME)")
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    p = command("cluster", cmd_cluster, "run a local cluster of node processes on loopback",
+                client=False, json_out=False)
+    p.add_argument("--nodes", type=_positive(int), default=3)
+    p.add_argument("--base-port", type=_positive(int), default=DEFAULT_BASE_PORT,
+                   help=f"node i listens on base-port + i (default {DEFAULT_BASE_PORT})")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                   help=f"node i keeps its data in DIR/n<i> (default {DEFAULT_DATA_DIR})")
+    p.add_argument("--config", help="TOML configuration file for every node")
+    p.add_argument("--log-level", default="warning",
+                   choices=["debug", "info", "warning", "error"])
+
+    p = command("get", cmd_get, "read a key: its values and context")
+    keyed(p)
+    p.add_argument("--r", type=_positive(int), help="read quorum for this request")
+
+    for name, fn, text in (("put", cmd_put, "write a key (VALUE is JSON)"),
+                           ("delete", cmd_delete, "delete a key")):
+        p = command(name, fn, text)
+        keyed(p)
+        if name == "put":
+            p.add_argument("value", metavar="VALUE")
+        p.add_argument("--w", type=_positive(int), help="write quorum for this request")
+        p.add_argument("--context", help="context printed by a get (base64)")
+
+    command("status", cmd_status, "membership, ring ownership and counters as a node sees them")
+    p = command("inspect", cmd_inspect, "the versions of KEY in one node's local storage")
+    keyed(p)
+    p = command("preflist", cmd_preflist, "the preference list of KEY as a node sees it")
+    keyed(p)
+    p = command("plugins", cmd_plugins, "installed plugins of each kind", client=False)
+    p.add_argument("--config", help="TOML configuration (its [plugins] modules are loaded)")
+
+    p = command("bench", cmd_bench, "load generator: throughput and latency percentiles",
+                client=False)
+    p.add_argument("--node", type=_address, action="append", dest="nodes",
+                   help=f"node address (repeatable; default {DEFAULT_NODE})")
+    p.add_argument("--requests", type=_positive(int), default=2000,
+                   help="operations per phase (default 2000)")
+    p.add_argument("--concurrency", type=_positive(int), default=16,
+                   help="requests in flight in the throughput phases (default 16)")
+    p.add_argument("--value-size", type=_positive(int), default=100)
+    p.add_argument("--keys", type=_positive(int), default=1000)
+    p.add_argument("--bucket", default="bench")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = args.fn(args)
+    except UsageError as exc:
+        print(f"dynamo {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (DynamoError, ConfigError, OSError) as exc:
+        print(f"dynamo {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if out:
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

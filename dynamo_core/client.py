@@ -1,0 +1,372 @@
+"""Python clients: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
+
+Both speak the node protocol over a ZeroMQ DEALER per node address and share everything but
+the waiting: request bodies, reply parsing and errors come from one place. A request goes to
+one node (rotating through the addresses given); a node that timed out is skipped for a while.
+Gets are retried once on another node when the first times out; puts and deletes are not,
+because a put may have been applied even though its answer was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import zmq
+import zmq.asyncio
+
+from . import errors
+from .errors import DynamoError, InvalidRequest, Timeout
+from .hookspecs import Resolver, Sibling
+from .wire import Codec, Message
+
+DEFAULT_BUCKET = "default"
+DEFAULT_TIMEOUT = 5.0
+#: Seconds a node that timed out is passed over when another one can be asked.
+SKIP_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class GetResult:
+    """What a get returns: every live sibling value and one context superseding them all."""
+
+    values: list[Any]
+    context: bytes
+    siblings: list[Sibling] = field(default_factory=list)
+
+    def resolve(self, resolver: Resolver | str) -> Any:
+        """Merge the siblings client-side with a resolver (object or installed name).
+
+        Returns None when the key is absent. Write the result back with ``self.context``.
+        """
+        if not self.siblings:
+            return None
+        if isinstance(resolver, str):
+            resolver = _installed_resolver(resolver)
+        return resolver.resolve(self.siblings)
+
+
+def _installed_resolver(name: str) -> Resolver:
+    from .plugins import Registry, make_plugin_manager
+    return Registry(make_plugin_manager()).resolver(name)
+
+
+# ====================================================================== shared protocol
+
+
+class _Requests:
+    """Request bodies and reply parsing shared by both clients."""
+
+    def __init__(self, nodes: Sequence[str] | str, timeout: float) -> None:
+        if isinstance(nodes, str):
+            nodes = [nodes]
+        if not nodes:
+            raise InvalidRequest("a client needs at least one node address")
+        for address in nodes:
+            if not isinstance(address, str) or not address.startswith("tcp://"):
+                raise InvalidRequest(f"node address {address!r} is not a tcp:// endpoint")
+        if not timeout > 0:
+            raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout}")
+        self.nodes = list(nodes)
+        self.timeout = float(timeout)
+        self.codec = Codec()
+        self._ids = itertools.count(1)
+        self._turn = itertools.cycle(range(len(self.nodes)))
+        self._skip_until: dict[str, float] = {}
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def pick(self, node: str | None, avoid: str | None = None) -> str:
+        """The node to ask: the one named, else the next in turn that did not time out."""
+        if node is not None:
+            return node
+        now = time.monotonic()
+        for _ in range(len(self.nodes)):
+            candidate = self.nodes[next(self._turn)]
+            if candidate != avoid and self._skip_until.get(candidate, 0.0) <= now:
+                return candidate
+        return self.nodes[next(self._turn)]
+
+    def timed_out(self, address: str) -> None:
+        self._skip_until[address] = time.monotonic() + SKIP_SECONDS
+
+    @staticmethod
+    def key_body(bucket: str, key: Any) -> dict[str, Any]:
+        if not isinstance(key, str) or not key:
+            raise InvalidRequest(f"a key is a non-empty string, got {key!r}")
+        return {"bucket": bucket, "key": key}
+
+    def get_body(self, bucket: str, key: str, r: int | None, resolve: bool) -> dict[str, Any]:
+        body = self.key_body(bucket, key)
+        if r is not None:
+            body["r"] = r
+        if not resolve:
+            body["resolve"] = False
+        return body
+
+    def put_body(self, bucket: str, key: str, value: Any, context: Any, w: int | None,
+                 delete: bool) -> dict[str, Any]:
+        body = self.key_body(bucket, key)
+        body["context"] = _context_bytes(context)
+        if not delete:
+            body["value"] = value
+        if w is not None:
+            body["w"] = w
+        return body
+
+    @staticmethod
+    def parse(msg: Message, expected: str) -> dict[str, Any]:
+        if msg.type == "error":
+            raise errors.from_wire(msg.body)
+        if msg.type != expected:
+            raise DynamoError(f"node answered {msg.type}, expected {expected}")
+        return msg.body
+
+    @staticmethod
+    def get_result(body: dict[str, Any]) -> GetResult:
+        siblings = [Sibling(s.get("value"), float(s.get("ts", 0.0)),
+                            (str(s["dot"][0]), int(s["dot"][1])))
+                    for s in body["siblings"]]
+        return GetResult([s.value for s in siblings], body["context"], siblings)
+
+
+def _context_bytes(context: Any) -> bytes | None:
+    """Accept what a get returned, its base64 text (from the CLI), or None."""
+    if context is None or isinstance(context, bytes):
+        return context
+    if isinstance(context, GetResult):
+        return context.context
+    if isinstance(context, str):
+        try:
+            return base64.b64decode(context, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("context text must be the base64 string a get printed") from None
+    raise InvalidRequest(f"context must be the bytes a get returned, got "
+                         f"{type(context).__name__}")
+
+
+_REPLY_OF = {"get": "get_ok", "put": "put_ok", "delete": "put_ok", "status": "status_ok",
+             "inspect": "inspect_ok", "preflist": "preflist_ok", "ping": "pong"}
+
+
+# ====================================================================== blocking client
+
+
+class Client:
+    """A blocking client. Not thread-safe: use one per thread (or :class:`AsyncClient`)."""
+
+    def __init__(self, nodes: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT,
+                 bucket: str = DEFAULT_BUCKET) -> None:
+        self._req = _Requests(nodes, timeout)
+        self.default_bucket = bucket
+        self._ctx = zmq.Context()
+        self._socks: dict[str, zmq.Socket] = {}
+
+    # ------------------------------------------------------------------ data
+
+    def get(self, key: str, r: int | None = None, *, bucket: str | None = None,
+            resolve: bool = True, node: str | None = None) -> GetResult:
+        body = self._req.get_body(bucket or self.default_bucket, key, r, resolve)
+        try:
+            reply = self._call("get", body, node)
+        except Timeout:
+            if node is not None or len(self._req.nodes) == 1:
+                raise
+            reply = self._call("get", body, None)
+        return self._req.get_result(reply)
+
+    def put(self, key: str, value: Any, context: Any = None, w: int | None = None, *,
+            bucket: str | None = None, node: str | None = None) -> bytes:
+        """Write ``value``; returns the new context (it supersedes what ``context`` did)."""
+        body = self._req.put_body(bucket or self.default_bucket, key, value, context, w, False)
+        return self._call("put", body, node)["context"]
+
+    def delete(self, key: str, context: Any = None, w: int | None = None, *,
+               bucket: str | None = None, node: str | None = None) -> bytes:
+        body = self._req.put_body(bucket or self.default_bucket, key, None, context, w, True)
+        return self._call("delete", body, node)["context"]
+
+    def bucket(self, name: str) -> Bucket:
+        return Bucket(self, name)
+
+    # ------------------------------------------------------------------ operators
+
+    def status(self, node: str | None = None) -> dict[str, Any]:
+        return self._call("status", {}, node)["status"]
+
+    def inspect(self, key: str, node: str, bucket: str | None = None) -> dict[str, Any]:
+        body = self._req.key_body(bucket or self.default_bucket, key)
+        return self._call("inspect", body, node)["inspect"]
+
+    def preflist(self, key: str, bucket: str | None = None,
+                 node: str | None = None) -> dict[str, Any]:
+        body = self._req.key_body(bucket or self.default_bucket, key)
+        return self._call("preflist", body, node)["preflist"]
+
+    def ping(self, node: str | None = None) -> str:
+        return self._call("ping", {}, node).get("node", "")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _socket(self, address: str) -> zmq.Socket:
+        sock = self._socks.get(address)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, self._req.codec.max_bytes)
+            sock.connect(address)
+            self._socks[address] = sock
+        return sock
+
+    def _call(self, msg_type: str, body: dict[str, Any], node: str | None) -> dict[str, Any]:
+        address = self._req.pick(node)
+        sock = self._socket(address)
+        req_id = self._req.next_id()
+        sock.send(self._req.codec.encode(msg_type, body, req_id))
+        deadline = time.monotonic() + self._req.timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
+                self._req.timed_out(address)
+                raise Timeout(f"{msg_type} to {address} got no answer within "
+                              f"{self._req.timeout:g}s")
+            msg = self._req.codec.decode(sock.recv())
+            if msg.id == req_id:  # anything else is a late answer to an earlier request
+                return self._req.parse(msg, _REPLY_OF[msg_type])
+
+    def close(self) -> None:
+        for sock in self._socks.values():
+            sock.close(0)
+        self._socks.clear()
+        self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Bucket:
+    """A bucket view of a client: the same calls, the bucket's settings from the cluster config."""
+
+    def __init__(self, client: Client | AsyncClient, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    def get(self, key: str, r: int | None = None, **kw: Any) -> Any:
+        return self._client.get(key, r, bucket=self.name, **kw)
+
+    def put(self, key: str, value: Any, context: Any = None, w: int | None = None,
+            **kw: Any) -> Any:
+        return self._client.put(key, value, context, w, bucket=self.name, **kw)
+
+    def delete(self, key: str, context: Any = None, w: int | None = None, **kw: Any) -> Any:
+        return self._client.delete(key, context, w, bucket=self.name, **kw)
+
+
+# ====================================================================== asyncio client
+
+
+class AsyncClient:
+    """The asyncio twin of :class:`Client`; many requests may be in flight at once."""
+
+    def __init__(self, nodes: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT,
+                 bucket: str = DEFAULT_BUCKET) -> None:
+        self._req = _Requests(nodes, timeout)
+        self.default_bucket = bucket
+        self._ctx = zmq.asyncio.Context()
+        self._socks: dict[str, zmq.asyncio.Socket] = {}
+        self._readers: list[asyncio.Task] = []
+        self._waiting: dict[int, asyncio.Future] = {}
+
+    async def get(self, key: str, r: int | None = None, *, bucket: str | None = None,
+                  resolve: bool = True, node: str | None = None) -> GetResult:
+        body = self._req.get_body(bucket or self.default_bucket, key, r, resolve)
+        try:
+            reply = await self._call("get", body, node)
+        except Timeout:
+            if node is not None or len(self._req.nodes) == 1:
+                raise
+            reply = await self._call("get", body, None)
+        return self._req.get_result(reply)
+
+    async def put(self, key: str, value: Any, context: Any = None, w: int | None = None, *,
+                  bucket: str | None = None, node: str | None = None) -> bytes:
+        body = self._req.put_body(bucket or self.default_bucket, key, value, context, w, False)
+        return (await self._call("put", body, node))["context"]
+
+    async def delete(self, key: str, context: Any = None, w: int | None = None, *,
+                     bucket: str | None = None, node: str | None = None) -> bytes:
+        body = self._req.put_body(bucket or self.default_bucket, key, None, context, w, True)
+        return (await self._call("delete", body, node))["context"]
+
+    def bucket(self, name: str) -> Bucket:
+        return Bucket(self, name)
+
+    async def status(self, node: str | None = None) -> dict[str, Any]:
+        return (await self._call("status", {}, node))["status"]
+
+    async def ping(self, node: str | None = None) -> str:
+        return (await self._call("ping", {}, node)).get("node", "")
+
+    def _socket(self, address: str) -> zmq.asyncio.Socket:
+        sock = self._socks.get(address)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, self._req.codec.max_bytes)
+            sock.connect(address)
+            self._socks[address] = sock
+            self._readers.append(asyncio.create_task(self._read(sock)))
+        return sock
+
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frame = await sock.recv()
+            try:
+                msg = self._req.codec.decode(frame)
+            except DynamoError:
+                continue
+            waiter = self._waiting.pop(msg.id, None) if msg.id is not None else None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg)
+
+    async def _call(self, msg_type: str, body: dict[str, Any],
+                    node: str | None) -> dict[str, Any]:
+        address = self._req.pick(node)
+        sock = self._socket(address)
+        req_id = self._req.next_id()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[req_id] = waiter
+        try:
+            await sock.send(self._req.codec.encode(msg_type, body, req_id))
+            msg = await asyncio.wait_for(waiter, self._req.timeout)
+        except asyncio.TimeoutError:
+            self._req.timed_out(address)
+            raise Timeout(f"{msg_type} to {address} got no answer within "
+                          f"{self._req.timeout:g}s") from None
+        finally:
+            self._waiting.pop(req_id, None)
+        return self._req.parse(msg, _REPLY_OF[msg_type])
+
+    async def close(self) -> None:
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        for sock in self._socks.values():
+            sock.close(0)
+        self._socks.clear()
+        self._ctx.term()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

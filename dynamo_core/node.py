@@ -1,0 +1,390 @@
+"""The node runtime: drives the protocol core with ZeroMQ and asyncio.
+
+Everything that decides lives elsewhere (``coordinator``, ``membership``, ``store``,
+``versions``); this module decodes frames, routes them, reads the clock, runs the timers,
+and carries out the effects the protocol core returns. A malformed or unexpected frame gets
+an error reply and a log line; nothing a peer sends can stop the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import cbor2
+
+from . import errors
+from .config import Config
+from .coordinator import Coordinator, Effect, Fail, KeyPlan, Reply, Send
+from .errors import DynamoError, InvalidRequest, WireError
+from .membership import Member, Membership
+from .plugins import Registry, make_plugin_manager
+from .ring import key_hash
+from .store import LocalStore
+from .transport import SendFailed, ZmqTransport
+from .versions import Version
+from .wire import Codec, Message
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.02
+#: A peer not heard from for this many gossip intervals is suspect, then down.
+SUSPECT_AFTER, DOWN_AFTER = 5, 15
+
+
+@dataclass(frozen=True)
+class Client:
+    """Where to send the answer to a request that came in on the ROUTER."""
+
+    identity: bytes
+    req_id: int | None
+
+
+class Node:
+    """One Dynamo node: storage, membership, coordination, all behind one ROUTER socket."""
+
+    def __init__(self, name: str, listen: str, *, config: Config, data_dir: str | None = None,
+                 seeds: tuple[str, ...] = (), rng: random.Random | None = None) -> None:
+        self.name = name
+        self.listen = listen
+        self.config = config
+        self.data_dir = data_dir
+        self.rng = rng or random.Random()
+        self.registry = Registry(make_plugin_manager(config.plugin_modules))
+        self.codec = Codec(max_bytes=config.max_message_bytes)
+        self.strategy = self.registry.partition_strategy(config.partitioning["strategy"])
+        self._check_resolvers()
+        engine_factory = self.registry.storage_engine(config.storage["engine"])
+        if data_dir is not None:
+            os.makedirs(data_dir, exist_ok=True)
+        self.store = LocalStore(engine_factory(data_dir, config.storage), config.max_siblings)
+        self.actor, me = self._identity()
+        self.membership = Membership(me, self.strategy, config.partitioning, seeds)
+        self.coordinator = Coordinator(name, self.actor,
+                                       request_timeout=config.request_timeout,
+                                       max_clock_entries=config.max_clock_entries,
+                                       max_pending=config.max_pending_requests)
+        self.transport = ZmqTransport(name, listen, config.max_message_bytes,
+                                      self._on_request, self._on_peer_reply)
+        self._last_heard: dict[str, float] = {}
+        self._gossip_ids = iter(range(1, 1 << 62))
+        self._tasks: list[asyncio.Task] = []
+        self._handlers: dict[str, Callable[[Message, Client], None]] = {
+            "get": self._handle_get, "put": self._handle_put, "delete": self._handle_put,
+            "replica_get": self._handle_replica_get, "replica_put": self._handle_replica_put,
+            "gossip": self._handle_gossip, "status": self._handle_status,
+            "inspect": self._handle_inspect, "preflist": self._handle_preflist,
+            "ping": self._handle_ping,
+        }
+        self.malformed_frames = 0
+
+    # ================================================================== lifecycle
+
+    def _check_resolvers(self) -> None:
+        """Fail at start-up, not on the first read, when a bucket names a missing resolver."""
+        for bucket in self.config.buckets.values():
+            if bucket.resolver:
+                self.registry.resolver(bucket.resolver)
+
+    def _identity(self) -> tuple[str, Member]:
+        """This node's actor id and member record, kept across restarts in ``node.cbor``.
+
+        The actor id is new whenever the data directory is new, so a node that lost its
+        data can never reissue a dot that already names another version.
+        """
+        path = Path(self.data_dir, "node.cbor") if self.data_dir else None
+        if path is not None and path.exists():
+            saved = cbor2.loads(path.read_bytes())
+            if saved.get("name") != self.name:
+                raise errors.ConfigError(
+                    f"data directory {self.data_dir} belongs to node {saved.get('name')!r}, "
+                    f"not {self.name!r}")
+            member = Member.from_wire(saved["member"])
+            member = Member(self.name, self.listen, self.config.capacity, member.tokens,
+                            "up", member.version + 1)
+            return saved["actor"], member
+        tokens = self.strategy.initial_tokens(self.name, self.config.capacity,
+                                              self.config.partitioning, self.rng)
+        member = Member(self.name, self.listen, self.config.capacity, tuple(sorted(tokens)))
+        return f"{self.name}.{secrets.token_hex(3)}", member
+
+    def _save_identity(self) -> None:
+        if self.data_dir is None:
+            return
+        path = Path(self.data_dir, "node.cbor")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(cbor2.dumps({"name": self.name, "actor": self.actor,
+                                     "member": self.membership.me.to_wire()}))
+        os.replace(tmp, path)
+
+    async def start(self) -> None:
+        self._save_identity()
+        await self.transport.start()
+        self._tasks = [asyncio.create_task(self._tick_loop(), name="tick"),
+                       asyncio.create_task(self._gossip_loop(), name="gossip")]
+        log.info("%s listening on %s (actor %s, %d tokens, engine %s)", self.name, self.listen,
+                 self.actor, len(self.membership.me.tokens), self.config.storage["engine"])
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transport.close()
+        self.store.close()
+        log.info("%s stopped", self.name)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self._run(self.coordinator.on_tick(time.time()))
+
+    async def _gossip_loop(self) -> None:
+        interval = self.config.gossip_interval
+        while True:
+            self._gossip_once()
+            # Jitter keeps nodes from gossiping in lock step.
+            await asyncio.sleep(interval * self.rng.uniform(0.8, 1.2))
+
+    def _gossip_once(self) -> None:
+        target = self.membership.gossip_target(self.rng)
+        if target is None:
+            return
+        frame = self.codec.encode("gossip", {"members": self.membership.to_wire()},
+                                  next(self._gossip_ids), self.name)
+        try:
+            self.transport.send(target, frame)
+        except SendFailed as exc:
+            log.debug("%s: gossip to %s not sent: %s", self.name, target, exc)
+
+    # ================================================================== incoming
+
+    def _on_request(self, identity: bytes, frames: list[bytes]) -> None:
+        if len(frames) != 1:
+            self._reject(identity, None, WireError(
+                f"expected one frame per message, got {len(frames)}"))
+            return
+        try:
+            msg = self.codec.decode(frames[0])
+        except WireError as exc:
+            self._reject(identity, self.codec.request_id_of(frames[0]), exc)
+            return
+        client = Client(identity, msg.id)
+        if msg.sender:
+            self._last_heard[msg.sender] = time.time()
+        handler = self._handlers.get(msg.type)
+        if handler is None:
+            self._reply_error(client, InvalidRequest(
+                f"{msg.type} is a reply type; a node does not accept it as a request"))
+            return
+        try:
+            handler(msg, client)
+        except DynamoError as exc:
+            self._reply_error(client, exc)
+        except Exception as exc:  # noqa: BLE001 - report, log, keep serving
+            log.exception("%s: %s request failed", self.name, msg.type)
+            self._reply_error(client, DynamoError(f"internal error handling {msg.type}: {exc}"))
+
+    def _reject(self, identity: bytes, req_id: int | None, exc: WireError) -> None:
+        self.malformed_frames += 1
+        log.warning("%s: rejected a malformed frame: %s", self.name, exc)
+        self._reply_error(Client(identity, req_id), exc)
+
+    def _on_peer_reply(self, address: str, frames: list[bytes]) -> None:
+        if len(frames) != 1:
+            log.warning("%s: dropped a %d-frame reply from %s", self.name, len(frames), address)
+            return
+        try:
+            msg = self.codec.decode(frames[0])
+        except WireError as exc:
+            log.warning("%s: dropped a malformed reply from %s: %s", self.name, address, exc)
+            return
+        if msg.sender:
+            self._last_heard[msg.sender] = time.time()
+        if msg.type == "gossip_ok":
+            self._merge_gossip(msg.body["members"])
+        elif msg.sender is not None:
+            self._run(self.coordinator.on_reply(msg.id, msg.sender, msg.type, msg.body,
+                                                time.time()))
+
+    # ================================================================== effects
+
+    def _run(self, effects: list[Effect]) -> None:
+        """Carry out effects; local sends are answered at once and may yield more effects."""
+        queue = deque(effects)
+        while queue:
+            effect = queue.popleft()
+            if isinstance(effect, Send):
+                queue.extend(self._send(effect))
+            elif isinstance(effect, Reply):
+                self._reply(effect.client, effect.msg_type, effect.body)
+            elif isinstance(effect, Fail):
+                self._reply_error(effect.client, effect.error)
+
+    def _send(self, send: Send) -> list[Effect]:
+        now = time.time()
+        if send.to == self.name:
+            try:
+                msg_type, body = self._serve_replica(send.msg_type, send.body)
+            except DynamoError as exc:
+                msg_type, body = "error", errors.to_wire(exc)
+            if send.req_id is None:
+                return []
+            return self.coordinator.on_reply(send.req_id, self.name, msg_type, body, now)
+        address = self.membership.address_of(send.to)
+        try:
+            if address is None:
+                raise SendFailed(f"no address known for node {send.to}")
+            self.transport.send(address, self.codec.encode(send.msg_type, send.body,
+                                                           send.req_id, self.name))
+        except (SendFailed, WireError) as exc:
+            if send.req_id is None:
+                return []
+            return self.coordinator.on_unreachable(send.req_id, send.to, str(exc), now)
+        return []
+
+    def _reply(self, client: Client, msg_type: str, body: dict[str, Any]) -> None:
+        try:
+            frame = self.codec.encode(msg_type, body, client.req_id, self.name)
+        except WireError as exc:
+            frame = self.codec.encode("error", errors.to_wire(exc), client.req_id, self.name)
+        self.transport.reply(client.identity, frame)
+
+    def _reply_error(self, client: Client, exc: DynamoError) -> None:
+        body = errors.to_wire(exc)
+        body["message"] = body["message"][:4000]
+        self._reply(client, "error", body)
+
+    # ================================================================== handlers
+
+    def plan(self, bucket: str, key: str, quorum_field: str, override: int | None) -> KeyPlan:
+        """The key's home nodes and the quorum this request needs."""
+        settings = self.config.bucket(bucket)
+        quorum = override if override is not None else getattr(settings, quorum_field)
+        if quorum > settings.n:
+            raise InvalidRequest(f"{quorum_field}={quorum} exceeds n={settings.n} of "
+                                 f"bucket {bucket!r}")
+        homes = self.membership.ring.preference_list(key_hash(bucket, key), settings.n)
+        resolver = self.registry.resolver(settings.resolver) if settings.resolver else None
+        return KeyPlan(bucket, key, tuple(homes), quorum, resolver)
+
+    def _handle_get(self, msg: Message, client: Client) -> None:
+        b = msg.body
+        plan = self.plan(b["bucket"], b["key"], "r", b.get("r"))
+        if b.get("resolve") is False:
+            plan = KeyPlan(plan.bucket, plan.key, plan.homes, plan.quorum, None)
+        self._run(self.coordinator.start_get(client, plan, time.time()))
+
+    def _handle_put(self, msg: Message, client: Client) -> None:
+        b = msg.body
+        plan = self.plan(b["bucket"], b["key"], "w", b.get("w"))
+        local = self.store.read(plan.bucket, plan.key) if self.name in plan.homes else []
+        self._run(self.coordinator.start_put(
+            client, plan, b.get("value"), b.get("context"), msg.type == "delete", local,
+            time.time(), forwarded=bool(b.get("forwarded"))))
+
+    def _serve_replica(self, msg_type: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """This node's part as a replica: read or fold in versions of one key."""
+        bucket, key = body["bucket"], body["key"]
+        if msg_type == "replica_get":
+            versions = self.store.read(bucket, key)
+            return "replica_get_ok", {"versions": [v.to_wire() for v in versions]}
+        try:
+            incoming = [Version.from_wire(v) for v in body["versions"]]
+        except ValueError as exc:
+            raise InvalidRequest(f"replica_put: {exc}") from None
+        self.store.apply(bucket, key, incoming)
+        return "replica_put_ok", {}
+
+    def _handle_replica_get(self, msg: Message, client: Client) -> None:
+        self._reply(client, *self._serve_replica(msg.type, msg.body))
+
+    def _handle_replica_put(self, msg: Message, client: Client) -> None:
+        reply = self._serve_replica(msg.type, msg.body)
+        if client.req_id is not None:
+            self._reply(client, *reply)
+
+    def _handle_gossip(self, msg: Message, client: Client) -> None:
+        self._merge_gossip(msg.body["members"])
+        self._reply(client, "gossip_ok", {"members": self.membership.to_wire()})
+
+    def _merge_gossip(self, records: list[dict[str, Any]]) -> None:
+        members = []
+        for record in records:
+            try:
+                members.append(Member.from_wire(record))
+            except ValueError as exc:
+                log.warning("%s: ignored a gossiped member record: %s", self.name, exc)
+        me_before = self.membership.me
+        if self.membership.merge(members):
+            if self.membership.me != me_before:
+                log.info("%s: took back tokens the cluster remembers (version %d)",
+                         self.name, self.membership.me.version)
+                self._save_identity()
+
+    def _handle_ping(self, msg: Message, client: Client) -> None:
+        self._reply(client, "pong", {"node": self.name})
+
+    # ---------------------------------------------------------------- operator views
+
+    def peer_state(self, name: str) -> str:
+        """This node's local opinion of a peer: up, suspect or down (by last contact)."""
+        if name == self.name:
+            return "up"
+        heard = self._last_heard.get(name)
+        if heard is None:
+            return "unknown"
+        silence = (time.time() - heard) / self.config.gossip_interval
+        return "up" if silence < SUSPECT_AFTER else "suspect" if silence < DOWN_AFTER else "down"
+
+    def _handle_status(self, msg: Message, client: Client) -> None:
+        ownership = self.membership.ring.ownership()
+        members = [{"name": m.name, "address": m.address, "state": self.peer_state(m.name),
+                    "status": m.status, "capacity": m.capacity, "tokens": len(m.tokens),
+                    "ownership": round(ownership.get(m.name, 0.0), 4), "version": m.version,
+                    "last_heard": self._last_heard.get(m.name)}
+                   for m in self.membership.members()]
+        self._reply(client, "status_ok", {"status": {
+            "node": self.name, "address": self.listen, "actor": self.actor,
+            "members": members, "keys": len(self.store), "hints_pending": 0,
+            "engine": self.config.storage["engine"],
+            "pending_requests": self.coordinator.pending(),
+            "stale_replies": self.coordinator.stale_replies,
+            "read_repairs": self.coordinator.read_repairs,
+            "malformed_frames": self.malformed_frames,
+        }})
+
+    def _handle_inspect(self, msg: Message, client: Client) -> None:
+        bucket, key = msg.body["bucket"], msg.body["key"]
+        versions = [{"value": v.value, "clock": v.history().to_wire(), "context": v.clock.to_wire(),
+                     "dot": list(v.dot), "timestamp": v.timestamp, "tombstone": v.tombstone}
+                    for v in self.store.read(bucket, key)]
+        self._reply(client, "inspect_ok", {"inspect": {
+            "node": self.name, "bucket": bucket, "key": key, "versions": versions,
+            "hints": []}})
+
+    def _handle_preflist(self, msg: Message, client: Client) -> None:
+        bucket, key = msg.body["bucket"], msg.body["key"]
+        n = self.config.bucket(bucket).n
+        walk = list(self.membership.ring.walk(key_hash(bucket, key)))
+        nodes = [{"name": name, "address": self.membership.address_of(name),
+                  "role": "home" if i < n else "fallback", "state": self.peer_state(name)}
+                 for i, name in enumerate(walk)]
+        self._reply(client, "preflist_ok", {"preflist": {
+            "node": self.name, "bucket": bucket, "key": key, "n": n, "nodes": nodes}})
+
+
+async def run_node(node: Node, stop: asyncio.Event) -> None:
+    """Run ``node`` until ``stop`` is set, then shut it down cleanly."""
+    await node.start()
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
