@@ -1,1 +1,11 @@
-"""Dynamo in Python."""
+"""Dynamo in Python: a networked, always-writable key-value store after Amazon's Dynamo.
+
+The public Python API is the clients; plugins use :mod:`dynamo_core.hookspecs`.
+"""
+
+from .client import AsyncClient, Bucket, Client, GetResult
+from .errors import (DynamoError, InvalidRequest, Overloaded, QuorumNotMet, Timeout,
+                     Unavailable)
+
+__all__ = ["AsyncClient", "Bucket", "Client", "GetResult", "DynamoError", "InvalidRequest",
+           "Overloaded", "QuorumNotMet", "Timeout", "Unavailable"]

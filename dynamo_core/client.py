@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import zmq
-import zmq.asyncio
 
 from . import errors
-from .errors import DynamoError, InvalidRequest, Timeout
+from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
 from .hookspecs import Resolver, Sibling
+from .transport import SocketReader, configure
 from .wire import Codec, Message
 
 DEFAULT_BUCKET = "default"
@@ -281,9 +281,8 @@ class AsyncClient:
                  bucket: str = DEFAULT_BUCKET) -> None:
         self._req = _Requests(nodes, timeout)
         self.default_bucket = bucket
-        self._ctx = zmq.asyncio.Context()
-        self._socks: dict[str, zmq.asyncio.Socket] = {}
-        self._readers: list[asyncio.Task] = []
+        self._ctx = zmq.Context()
+        self._readers: dict[str, SocketReader] = {}
         self._waiting: dict[int, asyncio.Future] = {}
 
     async def get(self, key: str, r: int | None = None, *, bucket: str | None = None,
@@ -316,37 +315,40 @@ class AsyncClient:
     async def ping(self, node: str | None = None) -> str:
         return (await self._call("ping", {}, node)).get("node", "")
 
-    def _socket(self, address: str) -> zmq.asyncio.Socket:
-        sock = self._socks.get(address)
-        if sock is None:
+    def _reader(self, address: str) -> SocketReader:
+        reader = self._readers.get(address)
+        if reader is None:
             sock = self._ctx.socket(zmq.DEALER)
+            configure(sock, self._req.codec.max_bytes)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, self._req.codec.max_bytes)
             sock.connect(address)
-            self._socks[address] = sock
-            self._readers.append(asyncio.create_task(self._read(sock)))
-        return sock
+            reader = SocketReader(sock, self._on_frames, f"client to {address}")
+            self._readers[address] = reader
+        return reader
 
-    async def _read(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frame = await sock.recv()
-            try:
-                msg = self._req.codec.decode(frame)
-            except DynamoError:
-                continue
-            waiter = self._waiting.pop(msg.id, None) if msg.id is not None else None
-            if waiter is not None and not waiter.done():
-                waiter.set_result(msg)
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            msg = self._req.codec.decode(frames[-1])
+        except DynamoError:
+            return
+        waiter = self._waiting.pop(msg.id, None) if msg.id is not None else None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
 
     async def _call(self, msg_type: str, body: dict[str, Any],
                     node: str | None) -> dict[str, Any]:
         address = self._req.pick(node)
-        sock = self._socket(address)
+        reader = self._reader(address)
         req_id = self._req.next_id()
         waiter = asyncio.get_running_loop().create_future()
         self._waiting[req_id] = waiter
         try:
-            await sock.send(self._req.codec.encode(msg_type, body, req_id))
+            try:
+                reader.sock.send(self._req.codec.encode(msg_type, body, req_id), zmq.NOBLOCK)
+            except zmq.Again:
+                raise Overloaded(f"send queue towards {address} is full") from None
+            finally:
+                reader.poke()
             msg = await asyncio.wait_for(waiter, self._req.timeout)
         except asyncio.TimeoutError:
             self._req.timed_out(address)
@@ -357,12 +359,9 @@ class AsyncClient:
         return self._req.parse(msg, _REPLY_OF[msg_type])
 
     async def close(self) -> None:
-        for task in self._readers:
-            task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
-        for sock in self._socks.values():
-            sock.close(0)
-        self._socks.clear()
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
         self._ctx.term()
 
     async def __aenter__(self) -> AsyncClient:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
-from .wire import DEFAULT_MAX_MESSAGE_BYTES
+from .wire import DEFAULT_MAX_MESSAGE_BYTES, MAX_BUCKET_CHARS, is_bucket_name
 
 MAX_REPLICAS = 64
 
@@ -119,6 +119,9 @@ def _bucket(name: str, spec: Any, config: Config, source: str) -> BucketConfig:
     where = f"[buckets.{name}]"
     if not isinstance(spec, dict):
         raise ConfigError(f"{source} {where} must be a table")
+    if not is_bucket_name(name) or len(name) > MAX_BUCKET_CHARS:
+        raise ConfigError(f"{source} {where}: a bucket name is 1 to {MAX_BUCKET_CHARS} "
+                          f"letters, digits, '_', '.' or '-'")
     _no_unknown(spec, {"n", "r", "w", "resolver"}, f"{source} {where}")
     n = _int(spec, "n", config.n, 1, MAX_REPLICAS, f"buckets.{name}")
     r = _int(spec, "r", min(config.r, n), 1, MAX_REPLICAS, f"buckets.{name}")

@@ -116,7 +116,6 @@ class _Operation:
 @dataclass
 class _GetOp(_Operation):
     op_name = "get"
-    result: list[Version] = field(default_factory=list)
     #: a resolved merge went to every home node, so read repair has nothing left to do
     written_back: bool = False
 
@@ -125,6 +124,9 @@ class _GetOp(_Operation):
 class _PutOp(_Operation):
     op_name = "put"
     version: Version | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    #: replicas are only sent the version once the coordinator stored it itself
+    replicated: bool = False
 
 
 @dataclass
@@ -182,10 +184,12 @@ class Coordinator:
         clock = ctx.truncated(self.max_clock_entries, keep=self.actor)
         version = Version(None if tombstone else value, clock, dot, now, tombstone)
         asked = plan.homes if self.name in plan.homes else (self.name, *plan.homes)
-        op = _PutOp(client, plan, now + self.request_timeout, asked, plan.quorum,
-                    version=version)
         body = {"bucket": plan.bucket, "key": plan.key, "versions": [version.to_wire()]}
-        return self._fan_out(op, "replica_put", body, now)
+        op = _PutOp(client, plan, now + self.request_timeout, asked, plan.quorum,
+                    version=version, body=body)
+        # The paper's order: write locally first, then send to the other replicas. A dot
+        # this node never stored must never be acknowledged, or it could be issued again.
+        return self._fan_out(op, "replica_put", body, now, to=(self.name,))
 
     def _forward(self, client: Any, plan: KeyPlan, value: Any, context: bytes | None,
                  tombstone: bool, now: float) -> list[Effect]:
@@ -207,17 +211,22 @@ class Coordinator:
                               f"its limit; try again or another node")
         return None
 
-    def _fan_out(self, op: _Operation, msg_type: str, body: dict[str, Any],
-                 now: float) -> list[Effect]:
+    def _fan_out(self, op: _Operation, msg_type: str, body: dict[str, Any], now: float,
+                 to: tuple[str, ...] | None = None) -> list[Effect]:
         op_id = next(self._ids)
         self._ops[op_id] = op
+        return self._sends(op_id, op, msg_type, body, op.asked if to is None else to) \
+            + self._progress(op_id, op, now)
+
+    def _sends(self, op_id: int, op: _Operation, msg_type: str, body: dict[str, Any],
+               peers: Sequence[str]) -> list[Effect]:
         effects: list[Effect] = []
-        for peer in op.asked:
+        for peer in peers:
             req_id = next(self._ids)
             self._sent[req_id] = (op_id, peer)
             op.sent_ids.append(req_id)
             effects.append(Send(peer, msg_type, body, req_id))
-        return effects + self._progress(op_id, op, now)
+        return effects
 
     # ----------------------------------------------------------------- replies
 
@@ -228,10 +237,11 @@ class Coordinator:
         Replies to operations that already ended, or from a peer other than the one asked,
         are dropped and counted: ZeroMQ may deliver them long after we gave up.
         """
-        entry = self._sent.pop(req_id, None) if req_id is not None else None
+        entry = self._sent.get(req_id) if req_id is not None else None
         if entry is None or entry[1] != peer:
             self.stale_replies += 1
             return []
+        del self._sent[req_id]
         op_id, _ = entry
         op = self._ops[op_id]
         if msg_type == "error":
@@ -243,11 +253,28 @@ class Coordinator:
                 op.answered[peer] = _parse_reply(op, msg_type, body)
             except (ValueError, KeyError, TypeError) as exc:
                 op.failed[peer] = f"bad reply: {exc}"
+        if isinstance(op, _PutOp) and peer == self.name and not op.replicated:
+            return self._after_local_write(op_id, op, body, now)
         return self._progress(op_id, op, now)
+
+    def _after_local_write(self, op_id: int, op: _PutOp, reply: dict[str, Any],
+                           now: float) -> list[Effect]:
+        if self.name in op.failed:
+            op.done = True
+            error = errors.from_wire(reply) if "code" in reply else DynamoError(
+                f"{self.name} could not store the version: {op.failed[self.name]}")
+            return [Fail(op.client, error), *self._finish(op_id, op)]
+        op.replicated = True
+        others = [p for p in op.asked if p != self.name]
+        return self._sends(op_id, op, "replica_put", op.body, others) + \
+            self._progress(op_id, op, now)
 
     def on_unreachable(self, req_id: int, peer: str, why: str, now: float) -> list[Effect]:
         """The runtime could not send a request (no address, send queue full)."""
-        return self.on_reply(req_id, peer, "error", {"message": why}, now)
+        entry = self._sent.get(req_id)
+        if entry is not None and isinstance(self._ops.get(entry[0]), _ForwardOp):
+            why = f"put forwarded to home node {peer} failed: {why}"
+        return self.on_reply(req_id, peer, "error", errors.to_wire(Unavailable(why)), now)
 
     def _progress(self, op_id: int, op: _Operation, now: float) -> list[Effect]:
         effects: list[Effect] = []
@@ -309,7 +336,6 @@ class Coordinator:
 
     def _answer_get(self, op: _GetOp, now: float) -> list[Effect]:
         versions = reconcile(v for vs in op.answered.values() for v in vs)
-        op.result = versions
         alive = live(versions)
         context = context_of(versions)
         effects: list[Effect] = []
@@ -342,7 +368,6 @@ class Coordinator:
                        dot, now)
 
     def _write_back(self, op: _GetOp, merged: Version) -> list[Effect]:
-        op.result = [merged]
         op.written_back = True
         body = {"bucket": op.plan.bucket, "key": op.plan.key, "versions": [merged.to_wire()]}
         return [Send(peer, "replica_put", body, None) for peer in op.plan.homes]
@@ -352,16 +377,21 @@ class Coordinator:
         del self._ops[op_id]
         for req_id in op.sent_ids:
             self._sent.pop(req_id, None)
-        if isinstance(op, _GetOp) and op.result and not op.written_back:
+        if isinstance(op, _GetOp) and op.done and not op.written_back:
             return self._read_repair(op)
         return []
 
     def _read_repair(self, op: _GetOp) -> list[Effect]:
-        """Send each replica that answered the newest versions it lacked (fire and forget)."""
+        """Send each replica that answered the newest versions it lacked (fire and forget).
+
+        The newest versions are reconciled over every reply, including those that came in
+        after the client was answered.
+        """
+        newest = reconcile(v for vs in op.answered.values() for v in vs)
         effects: list[Effect] = []
         for peer, versions in sorted(op.answered.items()):
             held = {v.dot for v in versions}
-            missing = [v.to_wire() for v in op.result if v.dot not in held]
+            missing = [v.to_wire() for v in newest if v.dot not in held]
             if missing:
                 self.read_repairs += 1
                 effects.append(Send(peer, "replica_put", {

@@ -175,11 +175,11 @@ def anything(_v: Any) -> None:
     """Application values: any CBOR item the decoder accepted."""
 
 
-def _is_bucket_name(name: str) -> bool:
+def is_bucket_name(name: str) -> bool:
     return bool(name) and all(c.isalnum() or c in "_.-" for c in name)
 
 
-BUCKET = Field(text(MAX_BUCKET_CHARS, _is_bucket_name, "bucket name (letters, digits, _ . -)"))
+BUCKET = Field(text(MAX_BUCKET_CHARS, is_bucket_name, "bucket name (letters, digits, _ . -)"))
 KEY = Field(text(MAX_KEY_CHARS, lambda k: len(k) > 0, "non-empty key"))
 QUORUM = Field(integer(1, 64), required=False)
 CONTEXT = Field(of_type(bytes, type(None), what="context bytes or null"), required=False)

@@ -286,12 +286,16 @@ def test_put_with_w2_succeeds_only_after_two_acks_counting_the_coordinators_own_
         net.make_slow(n)
     client = net.start_put("n1", "k", "v1", w=2)
 
-    puts = [s for s in (d.send for d in net.held) if s.msg_type == "replica_put"]
-    assert sorted(s.to for s in puts) == ["n1", "n2", "n3"], "the coordinator writes to itself too"
-    assert all(s.req_id is not None for s in puts)
+    def held_puts() -> list:
+        return [s for s in (d.send for d in net.held) if s.msg_type == "replica_put"]
+
+    # The paper's order: the coordinator stores the version itself before replicating it.
+    assert [s.to for s in held_puts()] == ["n1"], "the coordinator writes to itself first"
     assert net.answer(client) is None
 
     net.release("n1")  # the coordinator's own write: one ack, not yet a quorum
+    assert sorted(s.to for s in held_puts()) == ["n2", "n3"]
+    assert all(s.req_id is not None for s in held_puts())
     assert net.answer(client) is None
     net.release("n2")  # the second ack meets W=2
     body = net.ok(client, "put_ok")
@@ -351,15 +355,99 @@ def test_put_with_w3_counts_a_replica_error_as_a_failure_not_an_answer(net):
 
 def test_put_treats_a_reply_of_the_wrong_type_as_a_failed_replica(net):
     coord = net.coords["n1"]
-    effects = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
+    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
+    assert local.to == "n1"
+    effects = coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)
     sends = {s.to: s for s in effects if isinstance(s, Send)}
-    assert coord.on_reply(sends["n1"].req_id, "n1", "replica_put_ok", {}, 0.0) == []
+    assert sorted(sends) == ["n2", "n3"] and len(effects) == 2
     assert coord.on_reply(sends["n2"].req_id, "n2", "replica_put_ok", {}, 0.0) == []
     out = coord.on_reply(sends["n3"].req_id, "n3", "replica_get_ok", {"versions": []}, 0.0)
     [fail] = out
     assert isinstance(fail, Fail) and isinstance(fail.error, QuorumNotMet)
     assert "n3: bad reply: expected replica_put_ok, got replica_get_ok" in str(fail.error)
     assert coord.stale_replies == 0
+
+
+def test_a_put_sends_nothing_to_the_other_replicas_until_the_coordinators_own_write_is_acked(net):
+    coord = net.coords["n1"]
+    effects = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [local] = effects
+    assert (local.to, local.msg_type) == ("n1", "replica_put") and local.req_id is not None
+    assert coord.pending() == 1 and list(coord._sent) == [local.req_id]
+
+    out = coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)
+    assert [(s.to, s.msg_type) for s in out] == [("n2", "replica_put"), ("n3", "replica_put")]
+    assert all(s.body == local.body for s in out), "every replica gets the version n1 stored"
+    assert all(s.req_id is not None for s in out)
+    assert len({local.req_id, *(s.req_id for s in out)}) == 3
+
+
+def test_a_put_whose_own_replica_is_silent_sends_no_other_replica_anything_and_times_out(net):
+    net.make_silent("n1", "replica_put")
+    client = net.start_put("n1", "k", "v1", w=2)
+    assert [s.to for s in net.sends("replica_put")] == ["n1"]
+    net.tick(TIMEOUT - 0.001)
+    assert net.answer(client) is None
+    net.tick(TIMEOUT)
+    err = net.failed(client)
+    assert type(err) is QuorumNotMet
+    assert (err.op, err.answered, err.required) == ("put", 0, 2)
+    assert "no answer from n1" in str(err)
+    assert [s.to for s in net.sends("replica_put")] == ["n1"], "nothing sent after the deadline"
+    for n in HOMES:
+        assert net.stores[n].read(BUCKET, "k") == []
+    net.assert_settled()
+
+
+@pytest.mark.parametrize("code,cls", [("unavailable", Unavailable),
+                                      ("overloaded", Overloaded),
+                                      ("invalid_request", InvalidRequest),
+                                      ("no-such-code", errors.DynamoError)])
+def test_a_put_whose_local_write_fails_fails_at_once_with_the_local_error(net, code, cls):
+    net.make_failing("n1", "replica_put", code=code, message="n1 local write failed")
+    client = net.start_put("n1", "k", "v1", w=1)  # even W=1, which n2 alone could meet
+    err = net.failed(client)  # at once: no waiting for the deadline
+    assert type(err) is cls
+    assert str(err) == "n1 local write failed"
+    assert [s.to for s in net.sends()] == ["n1"], "no other replica is sent the version"
+    for n in HOMES:
+        assert net.stores[n].read(BUCKET, "k") == []
+    net.assert_settled()
+
+
+def test_a_local_write_error_without_a_code_fails_the_put_naming_the_coordinator(net):
+    coord = net.coords["n1"]
+    [local] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [fail] = coord.on_reply(local.req_id, "n1", "error", {"message": "disk gone"}, 0.0)
+    assert isinstance(fail, Fail) and fail.client == "c"
+    assert type(fail.error) is errors.DynamoError
+    assert str(fail.error) == "n1 could not store the version: disk gone"
+    assert coord.pending() == 0 and coord._sent == {}
+
+
+def test_a_wrong_type_reply_to_the_local_write_fails_the_put_without_replicating(net):
+    coord = net.coords["n1"]
+    [local] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [fail] = coord.on_reply(local.req_id, "n1", "replica_get_ok", {"versions": []}, 0.0)
+    assert isinstance(fail, Fail) and type(fail.error) is errors.DynamoError
+    assert str(fail.error) == ("n1 could not store the version: "
+                               "bad reply: expected replica_put_ok, got replica_get_ok")
+    assert coord.pending() == 0 and coord._sent == {}
+    assert coord.stale_replies == 0
+
+
+def test_a_put_the_local_store_refuses_for_too_many_siblings_fails_as_overloaded_unreplicated():
+    net = Net(max_siblings=2)
+    net.put("n1", "k", "a")
+    net.put("n2", "k", "b")  # concurrent: two siblings everywhere
+    net.sent.clear()
+    err = net.failed(net.start_put("n1", "k", "c"))  # a third concurrent sibling
+    assert type(err) is Overloaded
+    assert "would have 3 siblings, more than the limit of 2" in str(err)
+    assert [s.to for s in net.sends()] == ["n1"]
+    for n in HOMES:
+        assert net.held_values(n, "k") == ["'a'", "'b'"]
+    net.assert_settled()
 
 
 # ====================================================================== forwarding
@@ -416,6 +504,17 @@ def test_a_forwarded_put_relays_the_home_nodes_error_as_the_same_error_class(fau
     net.assert_settled()
 
 
+def test_a_forwarded_put_whose_home_fails_its_local_write_relays_that_error_unreplicated(net):
+    net.make_failing("n1", "replica_put", code="overloaded", message="n1 too many siblings")
+    err = net.failed(net.start_put("n4", "k", "v1", w=2))
+    assert type(err) is Overloaded
+    assert str(err) == "n1 too many siblings"
+    assert [(s.to, s.msg_type) for s in net.sends()] == [("n1", "put"), ("n1", "replica_put")]
+    for n in ("n1", "n2", "n3", "n4"):
+        assert net.stores[n].read(BUCKET, "k") == []
+    net.assert_settled()
+
+
 def test_a_forwarded_put_times_out_after_one_and_a_half_timeouts_when_the_home_is_silent(net):
     net.make_silent("n1", "put")
     client = net.start_put("n4", "k", "v1")
@@ -428,19 +527,36 @@ def test_a_forwarded_put_times_out_after_one_and_a_half_timeouts_when_the_home_i
     net.assert_settled()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "on_unreachable feeds an 'error' reply without a code into on_reply, which stores it "
-    "in _ForwardOp.relayed; _unmet then rebuilds it with errors.from_wire, giving a bare "
-    "DynamoError('no address for n1') instead of the Unavailable 'put forwarded to home "
-    "node n1 failed: ...' branch, which only a malformed reply can reach"))
 def test_a_forwarded_put_whose_home_is_unreachable_fails_as_unavailable(net):
     coord = net.coords["n4"]
     [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
     [fail] = coord.on_unreachable(fwd.req_id, "n1", "no address for n1", 0.0)
-    assert coord.pending() == 0
+    assert coord.pending() == 0 and coord._sent == {}
     assert type(fail.error) is Unavailable, f"got {fail.error!r}"
-    assert "forwarded to home node n1" in str(fail.error)
     assert "no address for n1" in str(fail.error)
+
+
+def test_a_replica_the_coordinator_cannot_reach_counts_as_an_unavailable_failure(net):
+    coord = net.coords["n1"]
+    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
+    sends = {s.to: s for s in coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)}
+    assert coord.on_reply(sends["n2"].req_id, "n2", "replica_put_ok", {}, 0.0) == []
+    [fail] = coord.on_unreachable(sends["n3"].req_id, "n3", "no address known for node n3",
+                                  0.0)
+    assert type(fail.error) is QuorumNotMet
+    assert "2 of 3 replicas answered, 3 required" in str(fail.error)
+    assert "n3: no address known for node n3" in str(fail.error)
+    assert coord.pending() == 0 and coord._sent == {}
+
+
+def test_an_unreachable_forward_target_is_named_in_the_unavailable_error(net):
+    coord = net.coords["n4"]
+    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    why = "send queue towards tcp://10.0.0.1:7000 is full"
+    [fail] = coord.on_unreachable(fwd.req_id, "n1", why, 0.0)
+    assert type(fail.error) is Unavailable, f"got {fail.error!r}"
+    assert "forwarded to home node n1" in str(fail.error), f"got {fail.error!r}"
+    assert why in str(fail.error)
 
 
 def test_a_forwarded_put_whose_home_answers_garbage_fails_as_unavailable(net):
@@ -464,9 +580,11 @@ def test_a_put_arriving_forwarded_at_a_non_home_node_is_coordinated_there_not_fo
     coord = net.coords["n4"]
     effects = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0,
                               forwarded=True)
-    assert [(s.to, s.msg_type) for s in effects] == [
-        ("n4", "replica_put"), ("n1", "replica_put"), ("n2", "replica_put"),
-        ("n3", "replica_put")]
+    # It writes to itself first, like any coordinator, then to every home node.
+    assert [(s.to, s.msg_type) for s in effects] == [("n4", "replica_put")]
+    after = coord.on_reply(effects[0].req_id, "n4", "replica_put_ok", {}, 0.0)
+    assert [(s.to, s.msg_type) for s in after] == [
+        ("n1", "replica_put"), ("n2", "replica_put"), ("n3", "replica_put")]
 
 
 # ====================================================================== get
@@ -695,11 +813,6 @@ def test_read_repair_sends_a_replica_only_the_siblings_it_lacks(net):
     assert net.coords["n1"].read_repairs == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "read repair uses the versions reconciled when the get was answered (op.result) and "
-    "ignores newer versions carried by replies that arrive after the answer: the stale "
-    "quorum replicas are never repaired, and the replica holding the newest version is "
-    "sent the obsolete one instead"))
 def test_read_repair_propagates_a_newer_version_that_arrives_after_the_get_was_answered(net):
     v1 = version("v1", ("x", 1))
     v2 = version("v2", ("x", 2), {"x": 1})
@@ -732,9 +845,11 @@ def test_a_reply_with_an_unknown_request_id_is_dropped_and_counted(net):
 
 def test_replies_after_an_operation_ended_are_dropped_and_counted(net):
     coord = net.coords["n1"]
-    effects = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
-    ids = {s.to: s.req_id for s in effects}
-    coord.on_reply(ids["n1"], "n1", "replica_put_ok", {}, 0.0)
+    [local] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    ids = {"n1": local.req_id}
+    ids.update((s.to, s.req_id)
+               for s in coord.on_reply(ids["n1"], "n1", "replica_put_ok", {}, 0.0))
+    assert sorted(ids) == ["n1", "n2", "n3"]
     [ok] = coord.on_reply(ids["n2"], "n2", "replica_put_ok", {}, 0.0)
     assert isinstance(ok, Reply)
     # The last replica, a duplicate, and an error for the finished put.
@@ -758,30 +873,33 @@ def test_replies_after_a_timed_out_operation_are_dropped_and_counted(net):
 
 def test_a_reply_from_a_peer_other_than_the_one_asked_is_dropped_and_counted(net):
     coord = net.coords["n1"]
-    effects = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
-    ids = {s.to: s.req_id for s in effects}
+    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
+    # Another node answering the coordinator's own write neither replicates nor fails it.
+    assert coord.on_reply(local.req_id, "n2", "replica_put_ok", {}, 0.0) == []
+    assert coord.on_reply(local.req_id, "n3", "error", {"message": "not mine"}, 0.0) == []
+    ids = {s.to: s.req_id
+           for s in coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)}
+    assert sorted(ids) == ["n2", "n3"]
     assert coord.on_reply(ids["n2"], "n4", "replica_put_ok", {}, 0.0) == []
     assert coord.on_reply(ids["n2"], "n3", "error", {"message": "not mine"}, 0.0) == []
-    assert coord.stale_replies == 2
+    assert coord.stale_replies == 4
     assert coord.pending() == 1, "the operation is untouched"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "on_reply pops the request id from _sent before checking the peer, so a reply from "
-    "the wrong peer consumes the id: the genuine reply from the peer asked is then counted "
-    "stale and the operation can only end at its deadline (here: a W=3 put that all three "
-    "replicas acknowledged fails with QuorumNotMet)"))
 def test_a_reply_from_the_wrong_peer_does_not_cost_the_right_peer_its_answer(net):
     coord = net.coords["n1"]
-    effects = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
+    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
+    assert coord.on_reply(local.req_id, "n4", "replica_put_ok", {}, 0.0) == []
+    effects = coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)
     ids = {s.to: s.req_id for s in effects}
+    assert sorted(ids) == ["n2", "n3"], f"the genuine local ack was lost: {effects}"
     assert coord.on_reply(ids["n2"], "n4", "replica_put_ok", {}, 0.0) == []
-    assert coord.on_reply(ids["n1"], "n1", "replica_put_ok", {}, 0.0) == []
     assert coord.on_reply(ids["n3"], "n3", "replica_put_ok", {}, 0.0) == []
     out = coord.on_reply(ids["n2"], "n2", "replica_put_ok", {}, 0.0)
     assert [type(e) for e in out] == [Reply], f"the genuine ack was lost: {out} " \
         f"then at the deadline {coord.on_tick(TIMEOUT + 1)}"
-    assert coord.stale_replies == 1
+    assert coord.stale_replies == 2
+    assert coord.pending() == 0 and coord._sent == {}
 
 
 def test_garbage_in_a_replica_get_reply_is_a_failed_replica_not_an_exception(net):
@@ -905,17 +1023,32 @@ def test_a_context_round_trips_as_base64_text_too(net):
 # ====================================================================== dot freshness
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "next_dot trusts the coordinator's local versions to hold every dot it issued, but a "
-    "put succeeds on W acks without the coordinator's own write: when that write failed, "
-    "the next put through the same coordinator reissues the same dot, and the replicas "
-    "then drop the second acknowledged write as a duplicate"))
-def test_a_put_acknowledged_without_the_coordinators_own_write_does_not_reuse_its_dot(net):
+def test_a_put_whose_local_write_fails_is_refused_and_never_replicated(net):
+    net.put("n1", "k", "zero", w=3)
+    [zero_dot] = {v.dot for n in HOMES for v in net.stores[n].read(BUCKET, "k")}
+
     net.make_failing("n1", "replica_put", message="n1 local write failed")
-    net.put("n1", "k", "first", w=2)  # n2 and n3 acknowledge
+    net.sent.clear()
+    client = net.start_put("n1", "k", "first", w=2)  # n2 and n3 could have met W=2
+    err = net.failed(client)
+    assert type(err) is Unavailable and str(err) == "n1 local write failed"
+    [attempt] = net.sends("replica_put")
+    assert attempt.to == "n1", "no other replica is sent the version"
+    for n in HOMES:
+        assert net.held_values(n, "k") == ["'zero'"], f"{n} holds the refused version"
+    net.assert_settled()
+
     net.heal("n1")
-    net.put("n1", "k", "second", w=2)  # a concurrent write: both must survive
+    net.sent.clear()
+    net.put("n1", "k", "second", w=2)  # concurrent with "zero": both must survive
+    [second_wire] = net.sends("replica_put")[0].body["versions"]
+    second_dot = Version.from_wire(second_wire).dot
+    assert second_dot[0] == "actor-n1" and second_dot != zero_dot, "a fresh dot"
     held = {n: net.held_values(n, "k") for n in HOMES}
     values, _ = net.get("n2", "k", r=3)
-    assert sorted(values) == ["first", "second"], \
+    assert sorted(values) == ["second", "zero"], \
         f"an acknowledged write was lost: get says {values}, replicas hold {held}"
+    for n in HOMES:
+        assert {v.dot: v.value for v in net.stores[n].read(BUCKET, "k")} == \
+            {zero_dot: "zero", second_dot: "second"}
+    net.assert_settled()

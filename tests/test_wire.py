@@ -182,7 +182,7 @@ _values = st.recursive(
     max_leaves=20)
 
 
-@FUZZ
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(t=st.sampled_from(sorted(BUILT_IN_SCHEMAS)) | st.text(max_size=10),
        body=st.dictionaries(st.sampled_from(["bucket", "key", "value", "r", "w", "context",
                                              "versions", "members", "values", "code",
@@ -230,7 +230,7 @@ def test_an_envelope_without_a_body_is_refused(codec):
     rejects(codec, cbor2.dumps(env), "body")
 
 
-@pytest.mark.parametrize("version", [2, 0, None, "1", True, 1.0, 2 ** 70],
+@pytest.mark.parametrize("version", [2, 0, None, "1", True, 1.0, 2 ** 20_000],
                          ids=["2", "0", "null", "text", "true", "float", "bignum"])
 def test_any_protocol_version_but_1_is_refused(codec, version):
     message = rejects(codec, frame(v=version), "protocol version", "speaks 1")

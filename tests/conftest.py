@@ -1,0 +1,367 @@
+"""Shared fixtures: a cluster of real ``dynamo node`` processes on loopback.
+
+``cluster(k, config=..., extra_toml=...)`` starts ``k`` node processes, each on a free
+loopback port with its own data directory and a log file, every node seeded with all the
+others, and returns once every node's ``status`` lists all ``k`` members. Whatever happens in
+the test, every process it started is stopped afterwards (SIGTERM, then SIGKILL after 5 s);
+when a test fails, the tail of each node's log is attached to the failure report.
+
+``cluster`` is function-scoped (for tests that kill and restart nodes);
+``module_cluster`` is the same factory with module scope, for tests that share one cluster
+and only read and write keys.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pytest
+
+from dynamo_core.client import Client
+from dynamo_core.errors import DynamoError
+
+START_TIMEOUT = 15.0
+STOP_GRACE = 5.0
+LOG_TAIL_CHARS = 4000
+
+#: Settings every test cluster starts from; a test's ``config`` is merged over them.
+#: Gossip runs five times a second so that membership converges in well under a second.
+BASE_CONFIG: dict[str, Any] = {"cluster": {"gossip_interval": 0.2}}
+
+#: Clusters that are running right now, so a failing test can show their logs.
+_ACTIVE: list["Cluster"] = []
+
+
+# ====================================================================== helpers
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on at this moment."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all held open while choosing)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port_run(count: int) -> int:
+    """A base port ``b`` such that ``b+1 .. b+count`` are all free (for ``dynamo cluster``)."""
+    for _ in range(100):
+        first = free_port()
+        socks = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return first - 1
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"found no run of {count} free ports")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    """A small TOML writer for nested tables of scalars and lists (enough for node configs)."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, Mapping)}
+    tables = {k: v for k, v in data.items() if isinstance(v, Mapping)}
+    lines = []
+    if prefix and scalars:
+        lines.append(f"[{prefix}]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    out = "\n".join(lines) + ("\n\n" if lines else "")
+    for k, v in tables.items():
+        out += to_toml(v, f"{prefix}.{k}" if prefix else k)
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
+            merged[k] = deep_merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (DynamoError, AssertionError) as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error})" if last_error else ""
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM,
+                 grace: float = STOP_GRACE) -> None:
+    """Signal ``proc`` and reap it; SIGKILL if it is still there after ``grace`` seconds."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ====================================================================== the cluster
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Cluster:
+    """``k`` real node processes on loopback, named ``n1`` .. ``nk``."""
+
+    def __init__(self, root: Path, k: int, config: Mapping[str, Any] | None = None,
+                 extra_toml: str = "") -> None:
+        self.root = root
+        self.config_path = root / "config.toml"
+        self.config_path.write_text(
+            to_toml(deep_merge(BASE_CONFIG, config or {})) + extra_toml)
+        ports = free_ports(k)
+        self.nodes: dict[str, NodeProcess] = {}
+        for i, port in enumerate(ports, start=1):
+            name = f"n{i}"
+            self.nodes[name] = NodeProcess(name, port, root / name / "data",
+                                           root / f"{name}.log")
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.nodes)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [n.address for n in self.nodes.values()]
+
+    def address(self, name: str) -> str:
+        return self.nodes[name].address
+
+    def name_of(self, address: str) -> str:
+        return next(n.name for n in self.nodes.values() if n.address == address)
+
+    def data_dir(self, name: str) -> Path:
+        return self.nodes[name].data_dir
+
+    def pid(self, name: str) -> int:
+        proc = self.nodes[name].proc
+        assert proc is not None
+        return proc.pid
+
+    def running(self) -> list[str]:
+        return [n.name for n in self.nodes.values() if n.running]
+
+    def client(self, *names: str, timeout: float = 5.0, bucket: str = "default") -> Client:
+        """A blocking client on the named nodes (default: every running node)."""
+        names = names or tuple(self.running())
+        return Client([self.address(n) for n in names], timeout=timeout, bucket=bucket)
+
+    def logs(self) -> str:
+        parts = []
+        for node in self.nodes.values():
+            try:
+                text = node.log_path.read_text(errors="replace")
+            except FileNotFoundError:
+                text = "(no log)"
+            if len(text) > LOG_TAIL_CHARS:
+                text = "..." + text[-LOG_TAIL_CHARS:]
+            parts.append(f"----- {node.name} ({node.address}) -----\n{text}")
+        return "\n".join(parts)
+
+    # ------------------------------------------------------------------ processes
+
+    def command(self, name: str) -> list[str]:
+        node = self.nodes[name]
+        cmd = [sys.executable, "-m", "dynamo_core.cli", "node", "--name", name,
+               "--listen", node.address, "--data-dir", str(node.data_dir),
+               "--config", str(self.config_path), "--log-level", "warning"]
+        for other in self.nodes.values():
+            if other.name != name:
+                cmd += ["--seed", other.address]
+        return cmd
+
+    def spawn(self, name: str) -> None:
+        node = self.nodes[name]
+        assert not node.running, f"{name} is already running"
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(node.log_path, "ab") as log:
+            node.proc = subprocess.Popen(self.command(name), stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log)
+
+    def start(self) -> None:
+        for name in self.nodes:
+            self.spawn(name)
+        self.wait_converged()
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the node and reap it (SIGKILL after 5 s if it lingers)."""
+        node = self.nodes[name]
+        assert node.proc is not None
+        stop_process(node.proc, sig)
+
+    def restart(self, name: str, wait: bool = True) -> None:
+        """Start the node again: same name, same port, same data directory."""
+        if self.nodes[name].running:
+            self.kill(name, signal.SIGTERM)
+        self.spawn(name)
+        if wait:
+            self.wait_converged()
+
+    def stop_all(self) -> None:
+        procs = [n.proc for n in self.nodes.values() if n.proc is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def wait_converged(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait until every running node's status lists every member of the cluster."""
+        expected = set(self.nodes)
+        pending = set(self.running())
+
+        def converged() -> bool:
+            for name in sorted(pending):
+                if not self.nodes[name].running:
+                    proc = self.nodes[name].proc
+                    pytest.fail(f"node {name} exited with status "
+                                f"{proc.returncode if proc else '?'}:\n{self.logs()}")
+                with Client(self.address(name), timeout=0.5) as c:
+                    status = c.status(node=self.address(name))
+                if {m["name"] for m in status["members"]} == expected:
+                    pending.discard(name)
+            return not pending
+
+        wait_for(converged, timeout, f"nodes {sorted(pending)} to see all of {sorted(expected)}")
+
+
+# ====================================================================== fixtures
+
+
+class _Factory:
+    def __init__(self, make_root) -> None:
+        self._make_root = make_root
+        self.clusters: list[Cluster] = []
+
+    def __call__(self, k: int = 3, config: Mapping[str, Any] | None = None,
+                 extra_toml: str = "") -> Cluster:
+        cl = Cluster(self._make_root(), k, config, extra_toml)
+        self.clusters.append(cl)
+        _ACTIVE.append(cl)
+        cl.start()
+        return cl
+
+    def close(self) -> None:
+        for cl in self.clusters:
+            try:
+                cl.stop_all()
+            finally:
+                if cl in _ACTIVE:
+                    _ACTIVE.remove(cl)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[_Factory]:
+    """Factory: ``cluster(k, config={...}, extra_toml="...")`` -> a running :class:`Cluster`."""
+    counter = iter(range(1, 1000))
+    factory = _Factory(lambda: _mkdir(tmp_path / f"cluster{next(counter)}"))
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="module")
+def module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Factory]:
+    """The same factory, shared by the tests of one module (for clusters no test disturbs)."""
+    factory = _Factory(lambda: tmp_path_factory.mktemp("cluster"))
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Attach the tail of every running node's log to a failed test's report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _ACTIVE and not hasattr(report, "wasxfail"):
+        for cl in _ACTIVE:
+            report.sections.append((f"node logs ({cl.root.name})", cl.logs()))
