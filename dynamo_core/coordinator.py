@@ -116,6 +116,8 @@ class _Operation:
 @dataclass
 class _GetOp(_Operation):
     op_name = "get"
+    #: the highest dot counter this node issued for the key, from its own replica's answer
+    issued: int = 0
     #: a resolved merge went to every home node, so read repair has nothing left to do
     written_back: bool = False
 
@@ -166,11 +168,11 @@ class Coordinator:
 
     def start_put(self, client: Any, plan: KeyPlan, value: Any, context: bytes | None,
                   tombstone: bool, local_versions: Sequence[Version], now: float,
-                  forwarded: bool = False) -> list[Effect]:
+                  forwarded: bool = False, issued: int = 0) -> list[Effect]:
         """Coordinate a put here, or forward it to a home node if this node is not one.
 
-        ``local_versions`` are this node's own versions of the key (the runtime reads them)
-        so that the new version's dot is one this node never issued before.
+        ``local_versions`` and ``issued`` are this node's own replica of the key (the
+        runtime reads them) so that the new version's dot is one it never issued before.
         """
         if err := self._admit():
             return [Fail(client, err)]
@@ -180,7 +182,7 @@ class Coordinator:
             return [Fail(client, InvalidRequest(str(exc)))]
         if self.name not in plan.homes and not forwarded:
             return self._forward(client, plan, value, context, tombstone, now)
-        dot = next_dot(self.actor, ctx, local_versions)
+        dot = next_dot(self.actor, ctx, local_versions, issued)
         clock = ctx.truncated(self.max_clock_entries, keep=self.actor)
         version = Version(None if tombstone else value, clock, dot, now, tombstone)
         asked = plan.homes if self.name in plan.homes else (self.name, *plan.homes)
@@ -253,6 +255,8 @@ class Coordinator:
                 op.answered[peer] = _parse_reply(op, msg_type, body)
             except (ValueError, KeyError, TypeError) as exc:
                 op.failed[peer] = f"bad reply: {exc}"
+            if isinstance(op, _GetOp) and peer == self.name:
+                op.issued = body.get("issued", 0)
         if isinstance(op, _PutOp) and peer == self.name and not op.replicated:
             return self._after_local_write(op_id, op, body, now)
         return self._progress(op_id, op, now)
@@ -363,7 +367,7 @@ class Coordinator:
         """
         if self.name not in op.plan.homes or self.name not in op.answered:
             return None
-        dot = next_dot(self.actor, context, op.answered[self.name])
+        dot = next_dot(self.actor, context, op.answered[self.name], op.issued)
         return Version(value, context.truncated(self.max_clock_entries, keep=self.actor),
                        dot, now)
 

@@ -65,8 +65,9 @@ class Node:
         engine_factory = self.registry.storage_engine(config.storage["engine"])
         if data_dir is not None:
             os.makedirs(data_dir, exist_ok=True)
-        self.store = LocalStore(engine_factory(data_dir, config.storage), config.max_siblings)
         self.actor, me = self._identity()
+        self.store = LocalStore(engine_factory(data_dir, config.storage), config.max_siblings,
+                                self.actor)
         self.membership = Membership(me, self.strategy, config.partitioning, seeds)
         self.coordinator = Coordinator(name, self.actor,
                                        request_timeout=config.request_timeout,
@@ -168,7 +169,8 @@ class Node:
 
     def _on_request(self, identity: bytes, frames: list[bytes]) -> None:
         if len(frames) != 1:
-            self._reject(identity, None, WireError(
+            self._reject(identity, self.codec.request_id_of(frames[0]) if frames else None,
+                         WireError(
                 f"expected one frame per message, got {len(frames)}"))
             return
         try:
@@ -285,17 +287,19 @@ class Node:
     def _handle_put(self, msg: Message, client: Client) -> None:
         b = msg.body
         plan = self.plan(b["bucket"], b["key"], "w", b.get("w"))
-        local = self.store.read(plan.bucket, plan.key) if self.name in plan.homes else []
+        local, issued = self.store.state(plan.bucket, plan.key) if (
+            self.name in plan.homes or b.get("forwarded")) else ([], 0)
         self._run(self.coordinator.start_put(
             client, plan, b.get("value"), b.get("context"), msg.type == "delete", local,
-            time.time(), forwarded=bool(b.get("forwarded"))))
+            time.time(), forwarded=bool(b.get("forwarded")), issued=issued))
 
     def _serve_replica(self, msg_type: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """This node's part as a replica: read or fold in versions of one key."""
         bucket, key = body["bucket"], body["key"]
         if msg_type == "replica_get":
-            versions = self.store.read(bucket, key)
-            return "replica_get_ok", {"versions": [v.to_wire() for v in versions]}
+            versions, issued = self.store.state(bucket, key)
+            return "replica_get_ok", {"versions": [v.to_wire() for v in versions],
+                                      "issued": issued}
         try:
             incoming = [Version.from_wire(v) for v in body["versions"]]
         except ValueError as exc:

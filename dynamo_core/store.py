@@ -27,29 +27,43 @@ def split_storage_key(skey: str) -> tuple[str, str]:
 
 
 class LocalStore:
-    def __init__(self, engine: StorageEngine, max_siblings: int) -> None:
+    """Versions of each key, plus the highest dot counter this node's actor issued for it.
+
+    A key is stored as ``{"versions": [...], "issued": n}``. ``issued`` outlives the
+    versions that carried it, so the node never hands out one of its dots twice.
+    """
+
+    def __init__(self, engine: StorageEngine, max_siblings: int, actor: str) -> None:
         self.engine = engine
         self.max_siblings = max_siblings
+        self.actor = actor
 
-    def read(self, bucket: str, key: str) -> list[Version]:
+    def state(self, bucket: str, key: str) -> tuple[list[Version], int]:
+        """The versions held for the key and the highest counter this actor issued for it."""
         data = self.engine.get(storage_key(bucket, key))
         if data is None:
-            return []
+            return [], 0
         # Our own bytes, written after validation: decoded without the wire's limits.
-        return [Version.from_wire(v) for v in cbor2.loads(data)]
+        record = cbor2.loads(data)
+        return [Version.from_wire(v) for v in record["versions"]], record["issued"]
+
+    def read(self, bucket: str, key: str) -> list[Version]:
+        return self.state(bucket, key)[0]
 
     def apply(self, bucket: str, key: str, incoming: Sequence[Version]) -> list[Version]:
         """Fold ``incoming`` into the key's versions; returns what is held afterwards."""
-        held = self.read(bucket, key)
+        held, issued = self.state(bucket, key)
         merged = reconcile([*held, *incoming])
-        if _same_dots(held, merged):
+        mine = max((v.dot[1] for v in incoming if v.dot[0] == self.actor), default=0)
+        if _same_dots(held, merged) and mine <= issued:
             return held
         if len(merged) > self.max_siblings and len(merged) > len(held):
             raise Overloaded(
                 f"key {key!r} in bucket {bucket!r} would have {len(merged)} siblings, more "
                 f"than the limit of {self.max_siblings}; read it and write back one value "
                 f"with the context to merge them")
-        self.engine.put(storage_key(bucket, key), cbor2.dumps([v.to_wire() for v in merged]))
+        record = {"versions": [v.to_wire() for v in merged], "issued": max(issued, mine)}
+        self.engine.put(storage_key(bucket, key), cbor2.dumps(record))
         return merged
 
     def keys(self) -> Iterator[tuple[str, str]]:

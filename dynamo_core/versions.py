@@ -32,6 +32,8 @@ import cbor2
 
 #: Default bound on vector entries in a clock (the paper truncates at 10).
 DEFAULT_MAX_ENTRIES = 10
+#: Bound on the entries a clock from outside may have before it is even parsed.
+MAX_WIRE_ENTRIES = 1024
 
 Dot = tuple[str, int]
 
@@ -125,18 +127,21 @@ class Clock:
     def truncated(self, max_entries: int = DEFAULT_MAX_ENTRIES, keep: str | None = None) -> Clock:
         """Drop the oldest vector entries (never ``keep``) until at most ``max_entries`` remain.
 
-        Isolated dots of dropped actors go too, so the clock's size is bounded by
-        ``max_entries`` plus the dots of the actors that stay.
+        Isolated dots of dropped actors go too, and of the rest only the ``max_entries``
+        newest stay, so a clock never holds more than twice ``max_entries`` items.
         """
         if max_entries < 1:
             raise ValueError("a clock needs room for at least one entry")
-        if len(self.vector) <= max_entries:
+        if len(self.vector) <= max_entries and len(self.dots) <= max_entries:
             return self
         by_age = sorted((ts, actor) for actor, (_, ts) in self.vector.items() if actor != keep)
-        drop = {actor for _, actor in by_age[: len(self.vector) - max_entries]}
+        drop = {actor for _, actor in by_age[: max(0, len(self.vector) - max_entries)]}
         vector = {a: e for a, e in self.vector.items() if a not in drop}
-        dots = frozenset(d for d in self.dots if d[0] not in drop)
-        return Clock(vector, dots)
+        # Newest dots stay; ``keep``'s own dots rank above every other actor's, its highest
+        # counter (the event just made) above all.
+        dots = sorted((d for d in self.dots if d[0] not in drop),
+                      key=lambda d: (d[0] == keep, d[1] if d[0] == keep else d[2], d))
+        return Clock(vector, frozenset(dots[-max_entries:]))
 
     # ----------------------------------------------------------------- wire form
 
@@ -150,6 +155,8 @@ class Clock:
     def from_wire(cls, entries: Any) -> Clock:
         if not isinstance(entries, list):
             raise ValueError("a clock is a list of [actor, counter, timestamp] entries")
+        if len(entries) > MAX_WIRE_ENTRIES:
+            raise ValueError(f"a clock has at most {MAX_WIRE_ENTRIES} entries")
         vector: dict[str, tuple[int, float]] = {}
         dots: list[tuple[str, int, float]] = []
         for entry in entries:
@@ -304,13 +311,15 @@ def context_of(versions: Iterable[Version]) -> Clock:
     return clock
 
 
-def next_dot(actor: str, context: Clock, local: Sequence[Version]) -> Dot:
+def next_dot(actor: str, context: Clock, local: Sequence[Version], issued: int = 0) -> Dot:
     """A dot ``actor`` has never issued for this key.
 
-    The coordinator holds every version it ever created for the key (it writes locally
-    first), so one past the highest counter it can see is fresh.
+    ``issued`` is the highest counter the actor's own replica recorded issuing for the key
+    (the coordinator writes locally before anyone acknowledges). Versions alone are not
+    enough: once a truncated clock supersedes every version that mentions the actor, they
+    no longer show its counter, and a reissued dot could look older than its ancestors.
     """
-    top = context.counter(actor)
+    top = max(issued, context.counter(actor))
     for v in local:
         top = max(top, v.clock.counter(actor), v.dot[1] if v.dot[0] == actor else 0)
     return actor, top + 1

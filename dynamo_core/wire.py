@@ -210,14 +210,18 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     "get_ok": {"siblings": Field(list_of(MAP, 1024)),
                "context": Field(of_type(bytes, what="bytes"))},
     "put_ok": {"context": Field(of_type(bytes, what="bytes"))},
-    "replica_get_ok": {"versions": VERSIONS},
+    "replica_get_ok": {"versions": VERSIONS,
+                       "issued": Field(integer(0, (1 << 63) - 1), required=False)},
     "replica_put_ok": {},
     "gossip_ok": {"members": MEMBERS},
     "status_ok": {"status": Field(MAP)},
     "inspect_ok": {"inspect": Field(MAP)},
     "preflist_ok": {"preflist": Field(MAP)},
     "pong": {"node": Field(text(256), required=False)},
-    "error": {"code": Field(text(64)), "message": Field(text(4096))},
+    "error": {"code": Field(text(64)), "message": Field(text(4096)),
+              # QuorumNotMet's details: which operation, how many answered of how many
+              "op": Field(text(16), required=False), "answered": Field(integer(0, 64), False),
+              "required": Field(integer(0, 64), False), "asked": Field(integer(0, 64), False)},
 }
 
 

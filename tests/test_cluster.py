@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from dynamo_core.client import AsyncClient, Client
-from dynamo_core.errors import DynamoError, InvalidRequest, QuorumNotMet, Timeout
+from dynamo_core.errors import DynamoError, InvalidRequest, QuorumNotMet, Timeout, WireError
 from dynamo_core.wire import Codec, safe_loads
 
 from conftest import free_port, wait_for
@@ -320,9 +320,6 @@ def test_with_a_node_dead_a_write_quorum_of_three_fails_saying_2_of_3_answered(d
     assert "n3" in body["message"]  # names the replica that did not answer
 
 
-@pytest.mark.xfail(strict=True, reason="node sends QuorumNotMet details (op, answered, required, "
-                   "asked) in the error body, but the wire schema of 'error' allows only code "
-                   "and message, so the client refuses the reply as a WireError")
 def test_with_a_node_dead_the_client_raises_quorum_not_met_for_w3(degraded, key):
     with degraded.client("n1") as c:
         with pytest.raises(QuorumNotMet) as info:
@@ -331,8 +328,6 @@ def test_with_a_node_dead_the_client_raises_quorum_not_met_for_w3(degraded, key)
     assert "2 of 3" in str(info.value) and "3 required" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="same schema bug: get's QuorumNotMet reaches the client "
-                   "as a WireError")
 def test_with_a_node_dead_the_client_raises_quorum_not_met_for_r3(degraded, key):
     with degraded.client("n1") as c:
         c.put(key, 1)
@@ -346,9 +341,6 @@ def test_with_a_node_dead_a_write_quorum_of_two_still_succeeds(degraded, key):
         assert c.get(key).values == ["survives"]
 
 
-@pytest.mark.xfail(strict=True, reason="the home node's QuorumNotMet reply fails the forwarding "
-                   "node's schema check and is dropped, so the client gets a Timeout 1.5 "
-                   "request timeouts later instead of the home node's error")
 def test_a_forwarded_put_relays_the_home_nodes_quorum_failure(degraded):
     # A "pairs" key (N=2) whose homes are [a live node, dead n3], sent to the third node.
     with degraded.client("n1", "n2") as c:
@@ -401,6 +393,7 @@ def test_every_acknowledged_write_survives_kill_9_of_every_node(cluster):
     stop.set()
     thread.join(10)
     assert not thread.is_alive()
+    assert late, "the writer got no acknowledgement before the kill"
     acked.update(late)
 
     for name in cl.names:

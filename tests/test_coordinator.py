@@ -47,7 +47,7 @@ class Net:
                  max_pending: int = 100, max_siblings: int = 16,
                  max_clock_entries: int = 10) -> None:
         self.now = 0.0
-        self.stores = {n: LocalStore(open_memory_engine(None, {}), max_siblings)
+        self.stores = {n: LocalStore(open_memory_engine(None, {}), max_siblings, f"actor-{n}")
                        for n in names}
         self.coords = {n: Coordinator(n, f"actor-{n}", request_timeout=TIMEOUT,
                                       max_clock_entries=max_clock_entries,
@@ -156,9 +156,9 @@ class Net:
         node, body = send.to, send.body
         store = self.stores[node]
         if send.msg_type == "replica_get":
-            versions = store.read(body["bucket"], body["key"])
+            versions, issued = store.state(body["bucket"], body["key"])
             return self._answer(src, send, "replica_get_ok",
-                                {"versions": [v.to_wire() for v in versions]})
+                                {"versions": [v.to_wire() for v in versions], "issued": issued})
         if send.msg_type == "replica_put":
             incoming = [Version.from_wire(v) for v in body["versions"]]
             try:
@@ -172,10 +172,10 @@ class Net:
             assert send.req_id is not None
             self._relay[client] = (src, send.req_id)
             plan = KeyPlan(body["bucket"], body["key"], self.homes[body["key"]], body["w"])
+            local, issued = store.state(body["bucket"], body["key"])
             effects = self.coords[node].start_put(
                 client, plan, body.get("value"), body.get("context"),
-                send.msg_type == "delete", store.read(body["bucket"], body["key"]),
-                self.now, forwarded=True)
+                send.msg_type == "delete", local, self.now, forwarded=True, issued=issued)
             return [(node, e) for e in effects]
         raise AssertionError(f"the test network does not know {send.msg_type!r}")
 
@@ -192,8 +192,9 @@ class Net:
                   w: int = 2, tombstone: bool = False) -> str:
         client = self._client()
         plan = self.plan(key, w)
+        local, issued = self.stores[via].state(BUCKET, key)
         effects = self.coords[via].start_put(client, plan, value, context, tombstone,
-                                             self.stores[via].read(BUCKET, key), self.now)
+                                             local, self.now, issued=issued)
         self.run(via, effects)
         return client
 
