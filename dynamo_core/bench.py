@@ -94,39 +94,37 @@ def raw_round_trip(count: int, payload: int) -> list[float]:
 # ====================================================================== cluster phases
 
 
+async def _timed(op: Callable[[int], Awaitable[Any]], i: int, times: list[float]) -> bool:
+    """Run one operation; record its latency, or return False if the store refused it."""
+    start = time.perf_counter()
+    try:
+        await op(i)
+    except DynamoError:
+        return False
+    times.append(time.perf_counter() - start)
+    return True
+
+
 async def _sequential(n: int, op: Callable[[int], Awaitable[Any]]) -> tuple[list[float], int]:
-    times, errors = [], 0
-    for i in range(n):
-        start = time.perf_counter()
-        try:
-            await op(i)
-        except DynamoError:
-            errors += 1
-            continue
-        times.append(time.perf_counter() - start)
-    return times, errors
+    times: list[float] = []
+    failed = [not await _timed(op, i, times) for i in range(n)]
+    return times, sum(failed)
 
 
 async def _concurrent(n: int, concurrency: int,
                       op: Callable[[int], Awaitable[Any]]) -> tuple[list[float], int, float]:
     times: list[float] = []
-    errors = 0
+    failed = 0
     counter = iter(range(n))
 
     async def worker() -> None:
-        nonlocal errors
+        nonlocal failed
         for i in counter:
-            start = time.perf_counter()
-            try:
-                await op(i)
-            except DynamoError:
-                errors += 1
-                continue
-            times.append(time.perf_counter() - start)
+            failed += not await _timed(op, i, times)
 
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return times, errors, time.perf_counter() - began
+    return times, failed, time.perf_counter() - began
 
 
 async def _cluster_phases(args: argparse.Namespace) -> dict[str, Any]:

@@ -71,15 +71,20 @@ def run_cluster(count: int, base_port: int, data_dir: str, config: str | None,
                 raise OSError("every node of the cluster exited; see the messages above")
             time.sleep(0.2)
     finally:
-        _stop_all(list(procs.values()))
+        stop_processes(list(procs.values()))
     return "cluster stopped"
 
 
-def _stop_all(procs: list[subprocess.Popen]) -> None:
+def stop_processes(procs: list[subprocess.Popen], sig: int = signal.SIGTERM,
+                   grace: float = STOP_GRACE_SECONDS) -> None:
+    """Signal every process, give them ``grace`` seconds together, then SIGKILL the rest."""
     for proc in procs:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
     for proc in procs:
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping
 import pytest
 
 from dynamo_core.client import Client
+from dynamo_core.cluster import stop_processes
 from dynamo_core.errors import DynamoError
 
 START_TIMEOUT = 15.0
@@ -139,16 +140,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> An
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM,
                  grace: float = STOP_GRACE) -> None:
     """Signal ``proc`` and reap it; SIGKILL if it is still there after ``grace`` seconds."""
-    if proc.poll() is None:
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_processes([proc], sig, grace)
 
 
 # ====================================================================== the cluster
@@ -271,20 +263,8 @@ class Cluster:
             self.wait_converged()
 
     def stop_all(self) -> None:
-        procs = [n.proc for n in self.nodes.values() if n.proc is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                try:
-                    proc.send_signal(signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + STOP_GRACE
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes([n.proc for n in self.nodes.values() if n.proc is not None],
+                       grace=STOP_GRACE)
 
     def wait_converged(self, timeout: float = START_TIMEOUT) -> None:
         """Wait until every running node's status lists every member of the cluster."""

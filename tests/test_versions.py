@@ -396,40 +396,41 @@ class History:
 
 
 @st.composite
-def histories(draw: st.DrawFn, truncate: bool, remember_issued: bool) -> History:
+def histories(draw: st.DrawFn, truncate: bool, record_issued: bool) -> History:
     """Writes by random actors, each from the context of a random set of earlier writes.
 
     Every actor has a replica: it stores its own writes and whatever gossip delivers, and
-    keeps only the reconciled versions, as the real store does. ``next_dot`` is given either
-    that replica (what the coordinator passes) or every version the actor ever issued (the
-    assumption ``next_dot`` documents).
+    keeps only the reconciled versions, as the real store does. ``next_dot`` is given that
+    replica, and, when ``record_issued``, the highest counter the replica recorded its actor
+    issuing (what ``LocalStore`` keeps beside the versions, because once truncated clocks
+    supersede an actor's versions they no longer show its counter).
     """
     writes: list[Version] = []
     saw: list[frozenset[int]] = []
     bounds: list[int] = []
     replica: dict[str, list[Version]] = {a: [] for a in ACTORS}
-    issued: dict[str, list[Version]] = {a: [] for a in ACTORS}
+    issued: dict[str, int] = dict.fromkeys(ACTORS, 0)
     for i in range(draw(st.integers(1, 12))):
         actor = draw(actors)
         read = draw(st.sets(st.integers(0, i - 1), max_size=4)) if i else set()
         bound = draw(st.integers(1, 3)) if truncate else 100
         ctx = context_of(writes[j] for j in sorted(read))
-        local = issued[actor] if remember_issued else replica[actor]
-        version = Version(f"w{i}", ctx.truncated(bound, keep=actor),
-                          next_dot(actor, ctx, local), draw(timestamps),
+        dot = next_dot(actor, ctx, replica[actor], issued[actor] if record_issued else 0)
+        version = Version(f"w{i}", ctx.truncated(bound, keep=actor), dot, draw(timestamps),
                           tombstone=draw(st.booleans()))
         writes.append(version)
         saw.append(frozenset(read).union(*(saw[j] for j in read)))
         bounds.append(bound)
-        issued[actor].append(version)
+        issued[actor] = max(issued[actor], dot[1])
         replica[actor] = reconcile([*replica[actor], version])
         for j, target in draw(st.lists(st.tuples(st.integers(0, i), actors), max_size=3)):
             replica[target] = reconcile([*replica[target], writes[j]])
     return History(tuple(writes), tuple(saw), tuple(bounds))
 
 
-untruncated_histories = histories(truncate=False, remember_issued=False)
-truncated_histories = histories(truncate=True, remember_issued=True)
+#: Without truncation the surviving versions alone always remember an actor's counter.
+untruncated_histories = histories(truncate=False, record_issued=False)
+truncated_histories = histories(truncate=True, record_issued=True)
 any_histories = st.one_of(untruncated_histories, truncated_histories)
 
 
@@ -455,6 +456,7 @@ def test_truncation_never_makes_an_older_version_look_newer_than_its_descendant(
         history: History) -> None:
     for d, descendant in enumerate(history.writes):
         assert len(descendant.clock.vector) <= history.bounds[d]
+        assert len(descendant.clock.dots) <= history.bounds[d]
         for a, ancestor in enumerate(history.writes):
             if a in history.saw[d]:
                 assert not ancestor.obsoletes(descendant), (a, d)
