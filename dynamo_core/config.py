@@ -26,6 +26,8 @@ class BucketConfig:
     r: int
     w: int
     resolver: str | None = None
+    #: only home nodes count toward R and W (no stand-ins), like Riak's pr/pw
+    strict: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,26 @@ class Config:
     request_timeout: float = 2.0
     #: Seconds between two gossip rounds of a node.
     gossip_interval: float = 1.0
+    #: A peer not heard from for this long is sent a ping (its heartbeat, and the probe
+    #: that tells a node marked down that it is back).
+    heartbeat_interval: float = 0.5
+    #: [handoff] hints a stand-in keeps for absent homes
+    handoff_max_hints: int = 100_000
+    handoff_max_bytes: int = 256 * 1024 * 1024
+    handoff_max_age: float = 3600.0
+    handoff_interval: float = 1.0
+    handoff_batch: int = 64
+    #: [anti_entropy] Merkle exchanges: seconds between two, and tree depth
+    ae_interval: float = 0.5
+    ae_depth: int = 6
+    #: [background] admission control of handoff, anti-entropy and repair (paper 6.5)
+    bg_rate: float = 200.0
+    bg_burst: int = 50
+    bg_max_concurrent: int = 4
+    bg_latency_target: float = 0.05
+    #: [tombstones] seconds a tombstone is kept after every home holds it; longer than
+    #: handoff_max_age, so no delayed hint can bring a reaped key back
+    tombstone_grace: float = 7200.0
     max_clock_entries: int = 10
     max_siblings: int = 100
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -58,8 +80,21 @@ class Config:
 # ---------------------------------------------------------------------- loading
 
 _SECTIONS = {"cluster", "node", "storage", "failure_detector", "partitioning", "buckets",
-             "plugins", "limits"}
-_CLUSTER_KEYS = {"n", "r", "w", "request_timeout", "gossip_interval"}
+             "plugins", "limits", "handoff", "anti_entropy", "background", "tombstones"}
+_CLUSTER_KEYS = {"n", "r", "w", "request_timeout", "gossip_interval", "heartbeat_interval"}
+#: section -> TOML key -> Config field, for the plain numeric settings
+_NUMERIC = {
+    "handoff": {"max_hints": "handoff_max_hints", "max_bytes": "handoff_max_bytes",
+                "max_age": "handoff_max_age", "interval": "handoff_interval",
+                "batch": "handoff_batch"},
+    "anti_entropy": {"interval": "ae_interval", "depth": "ae_depth"},
+    "background": {"rate": "bg_rate", "burst": "bg_burst", "max_concurrent": "bg_max_concurrent",
+                   "latency_target": "bg_latency_target"},
+    "tombstones": {"grace": "tombstone_grace"},
+}
+_INT_RANGES = {"handoff_max_hints": (1, 100_000_000), "handoff_max_bytes": (1024, 1 << 40),
+               "handoff_batch": (1, 10_000), "ae_depth": (1, 16), "bg_burst": (1, 100_000),
+               "bg_max_concurrent": (1, 1024)}
 _LIMIT_KEYS = {"max_clock_entries", "max_siblings", "max_message_bytes", "max_pending_requests"}
 
 
@@ -97,6 +132,8 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
         n=n, r=r, w=w,
         request_timeout=_number(cluster, "request_timeout", defaults.request_timeout, "cluster"),
         gossip_interval=_number(cluster, "gossip_interval", defaults.gossip_interval, "cluster"),
+        heartbeat_interval=_number(cluster, "heartbeat_interval", defaults.heartbeat_interval,
+                                   "cluster"),
         max_clock_entries=_int(limits, "max_clock_entries", defaults.max_clock_entries, 1, 1000,
                                "limits"),
         max_siblings=_int(limits, "max_siblings", defaults.max_siblings, 1, 1000, "limits"),
@@ -110,9 +147,31 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
         partitioning={**defaults.partitioning, **_table(data, "partitioning", source)},
         plugin_modules=_plugin_modules(data, source),
     )
+    config = replace(config, **_numeric_sections(data, defaults, source))
+    if config.tombstone_grace <= config.handoff_max_age:
+        raise ConfigError(f"[tombstones] grace ({config.tombstone_grace:g}s) must exceed "
+                          f"[handoff] max_age ({config.handoff_max_age:g}s), or a late hint "
+                          f"could bring a reaped key back")
     buckets = {name: _bucket(name, spec, config, source)
                for name, spec in _table(data, "buckets", source).items()}
     return replace(config, buckets=buckets)
+
+
+def _numeric_sections(data: Mapping[str, Any], defaults: Config,
+                      source: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for section, keys in _NUMERIC.items():
+        table = _table(data, section, source)
+        _no_unknown(table, set(keys), f"{source} [{section}]")
+        for key, attr in keys.items():
+            default = getattr(defaults, attr)
+            if attr in _INT_RANGES:
+                values[attr] = _int(table, key, default, *_INT_RANGES[attr], section)
+            elif attr == "bg_rate":
+                values[attr] = _number(table, key, default, section, 1e9, "a rate per second")
+            else:
+                values[attr] = _number(table, key, default, section, high=1e9)
+    return values
 
 
 def _bucket(name: str, spec: Any, config: Config, source: str) -> BucketConfig:
@@ -122,7 +181,7 @@ def _bucket(name: str, spec: Any, config: Config, source: str) -> BucketConfig:
     if not is_bucket_name(name) or len(name) > MAX_BUCKET_CHARS:
         raise ConfigError(f"{source} {where}: a bucket name is 1 to {MAX_BUCKET_CHARS} "
                           f"letters, digits, '_', '.' or '-'")
-    _no_unknown(spec, {"n", "r", "w", "resolver"}, f"{source} {where}")
+    _no_unknown(spec, {"n", "r", "w", "resolver", "strict"}, f"{source} {where}")
     n = _int(spec, "n", config.n, 1, MAX_REPLICAS, f"buckets.{name}")
     r = _int(spec, "r", min(config.r, n), 1, MAX_REPLICAS, f"buckets.{name}")
     w = _int(spec, "w", min(config.w, n), 1, MAX_REPLICAS, f"buckets.{name}")
@@ -130,7 +189,10 @@ def _bucket(name: str, spec: Any, config: Config, source: str) -> BucketConfig:
     resolver = spec.get("resolver")
     if resolver is not None and (not isinstance(resolver, str) or not resolver):
         raise ConfigError(f"{where} resolver must be a plugin name (text)")
-    return BucketConfig(name, n, r, w, resolver)
+    strict = spec.get("strict", False)
+    if not isinstance(strict, bool):
+        raise ConfigError(f"{where} strict must be true or false, got {strict!r}")
+    return BucketConfig(name, n, r, w, resolver, strict)
 
 
 def _check_quorum(n: int, r: int, w: int, where: str) -> None:
@@ -170,9 +232,10 @@ def _int(table: Mapping[str, Any], key: str, default: int, low: int, high: int,
     return value
 
 
-def _number(table: Mapping[str, Any], key: str, default: float, section: str) -> float:
+def _number(table: Mapping[str, Any], key: str, default: float, section: str,
+            high: float = 3600, what: str = "a number of seconds") -> float:
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
-        raise ConfigError(f"[{section}] {key} must be a number of seconds above 0, "
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
+        raise ConfigError(f"[{section}] {key} must be {what} above 0 and at most {high:g}, "
                           f"got {value!r}")
     return float(value)

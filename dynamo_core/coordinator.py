@@ -8,7 +8,12 @@ short-circuits), so "W counts the coordinator's own write" needs no special case
 
 Rules (the paper's section 4.5, plus what its text leaves implicit):
 
-* a put is coordinated by a node among the key's top N; any other node forwards it to one;
+* a put is coordinated by a node among the key's top N; any other node forwards it to one
+  (the first it believes up, then the next if that one fails);
+* sloppy quorum: a home node believed down is replaced by the next healthy node past the top
+  N, and so is a home that fails or stays silent in the middle of an operation; a stand-in
+  is told, with a hint, which home it stands in for, and its answer counts toward R or W
+  (unless the bucket is strict, where only home nodes count);
 * a get is coordinated by whichever node received it;
 * an operation ends as soon as its quorum is met, or as soon as it can no longer be met, or
   at its deadline; an unmet quorum says how many answered of how many were needed;
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 from . import errors
 from .errors import (DynamoError, InvalidRequest, Overloaded, QuorumNotMet, Timeout,
@@ -65,7 +70,14 @@ class Fail:
     error: DynamoError
 
 
-Effect = Union[Send, Reply, Fail]
+@dataclass(frozen=True)
+class PeerFailed:
+    """A peer did not answer in time or could not be reached: tell the failure detector."""
+
+    peer: str
+
+
+Effect = Union[Send, Reply, Fail, PeerFailed]
 
 
 # ====================================================================== requests
@@ -75,8 +87,11 @@ Effect = Union[Send, Reply, Fail]
 class KeyPlan:
     """Where a key lives as this node sees it, and the quorum the request asks for.
 
-    ``homes`` are the key's top-N distinct nodes; the runtime computes them from the ring
-    (and, later, from failure detection), so the coordinator needs no ring of its own.
+    ``homes`` are the key's top-N distinct nodes. ``targets`` are the nodes to ask first:
+    the homes, with those believed down replaced by healthy fallbacks (``stand_in`` maps
+    each such fallback to the home it replaces). ``spares`` are further healthy fallbacks
+    for homes that fail mid-operation. The runtime computes all of it from the ring and its
+    failure detector (:meth:`sloppy`), so the coordinator needs neither.
     """
 
     bucket: str
@@ -84,6 +99,33 @@ class KeyPlan:
     homes: tuple[str, ...]
     quorum: int
     resolver: Resolver | None = None
+    targets: tuple[str, ...] = ()
+    stand_in: Mapping[str, str] = field(default_factory=dict)
+    spares: tuple[str, ...] = ()
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            object.__setattr__(self, "targets", self.homes)
+
+    @classmethod
+    def sloppy(cls, bucket: str, key: str, walk: Sequence[str], n: int, quorum: int,
+               is_down: Callable[[str], bool], resolver: Resolver | None = None,
+               strict: bool = False) -> KeyPlan:
+        """Plan from the ring walk: the first N healthy nodes, homes first (paper 4.6)."""
+        homes = tuple(walk[:n])
+        healthy_fallbacks = [] if strict else [f for f in walk[n:] if not is_down(f)]
+        targets: list[str] = []
+        stand_in: dict[str, str] = {}
+        for home in homes:
+            if not is_down(home) or strict:
+                targets.append(home)
+            elif healthy_fallbacks:
+                fallback = healthy_fallbacks.pop(0)
+                targets.append(fallback)
+                stand_in[fallback] = home
+        return cls(bucket, key, homes, quorum, resolver, tuple(targets), stand_in,
+                   tuple(healthy_fallbacks), strict)
 
 
 # ====================================================================== operations
@@ -95,9 +137,17 @@ class _Operation:
     client: Any
     plan: KeyPlan
     deadline: float
-    asked: tuple[str, ...]
+    #: nodes asked so far, in order (stand-ins are appended as they are brought in)
+    asked: list[str]
     #: answers needed: the quorum, or one for a forwarded put
     needed: int
+    msg_type: str = ""
+    body: dict[str, Any] = field(default_factory=dict)
+    #: when silent nodes get replaced by spares (the mid-operation timeout)
+    hedge_at: float = 0.0
+    spares: list[str] = field(default_factory=list)
+    stand_in: dict[str, str] = field(default_factory=dict)
+    replaced: set[str] = field(default_factory=set)
     answered: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     sent_ids: list[int] = field(default_factory=list)
@@ -107,10 +157,13 @@ class _Operation:
     def outstanding(self) -> int:
         return len(self.asked) - len(self.answered) - len(self.failed)
 
+    def silent(self) -> list[str]:
+        return [p for p in self.asked if p not in self.answered and p not in self.failed]
+
     def settled(self) -> bool:
-        """The answer is known: quorum met, or too few replicas left to meet it."""
+        """The answer is known: quorum met, or too few nodes left to meet it."""
         return (len(self.answered) >= self.needed
-                or len(self.answered) + self.outstanding < self.needed)
+                or len(self.answered) + self.outstanding + len(self.spares) < self.needed)
 
 
 @dataclass
@@ -118,7 +171,7 @@ class _GetOp(_Operation):
     op_name = "get"
     #: the highest dot counter this node issued for the key, from its own replica's answer
     issued: int = 0
-    #: a resolved merge went to every home node, so read repair has nothing left to do
+    #: a resolved merge went to every replica, so read repair has nothing left to do
     written_back: bool = False
 
 
@@ -126,7 +179,6 @@ class _GetOp(_Operation):
 class _PutOp(_Operation):
     op_name = "put"
     version: Version | None = None
-    body: dict[str, Any] = field(default_factory=dict)
     #: replicas are only sent the version once the coordinator stored it itself
     replicated: bool = False
 
@@ -146,6 +198,8 @@ class Coordinator:
         self.name = name
         self.actor = actor
         self.request_timeout = request_timeout
+        #: silence after which a replica is replaced by a spare, mid-operation
+        self.hedge_after = request_timeout / 2
         self.max_clock_entries = max_clock_entries
         self.max_pending = max_pending
         self._ids = itertools.count(1)
@@ -154,6 +208,7 @@ class Coordinator:
         self._sent: dict[int, tuple[int, str]] = {}
         self.stale_replies = 0
         self.read_repairs = 0
+        self.hinted_writes = 0
 
     # ----------------------------------------------------------------- starting
 
@@ -163,8 +218,9 @@ class Coordinator:
     def start_get(self, client: Any, plan: KeyPlan, now: float) -> list[Effect]:
         if err := self._admit():
             return [Fail(client, err)]
-        op = _GetOp(client, plan, now + self.request_timeout, plan.homes, plan.quorum)
-        return self._fan_out(op, "replica_get", {"bucket": plan.bucket, "key": plan.key}, now)
+        op = self._new(_GetOp, client, plan, now, list(plan.targets), plan.quorum,
+                       "replica_get", {"bucket": plan.bucket, "key": plan.key})
+        return self._fan_out(op, now)
 
     def start_put(self, client: Any, plan: KeyPlan, value: Any, context: bytes | None,
                   tombstone: bool, local_versions: Sequence[Version], now: float,
@@ -185,27 +241,41 @@ class Coordinator:
         dot = next_dot(self.actor, ctx, local_versions, issued)
         clock = ctx.truncated(self.max_clock_entries, keep=self.actor)
         version = Version(None if tombstone else value, clock, dot, now, tombstone)
-        asked = plan.homes if self.name in plan.homes else (self.name, *plan.homes)
+        targets = [self.name, *(t for t in plan.targets if t != self.name)]
         body = {"bucket": plan.bucket, "key": plan.key, "versions": [version.to_wire()]}
-        op = _PutOp(client, plan, now + self.request_timeout, asked, plan.quorum,
-                    version=version, body=body)
+        op = self._new(_PutOp, client, plan, now, targets, plan.quorum, "replica_put", body)
+        op.version = version
         # The paper's order: write locally first, then send to the other replicas. A dot
         # this node never stored must never be acknowledged, or it could be issued again.
-        return self._fan_out(op, "replica_put", body, now, to=(self.name,))
+        return self._fan_out(op, now, to=[self.name])
 
     def _forward(self, client: Any, plan: KeyPlan, value: Any, context: bytes | None,
                  tombstone: bool, now: float) -> list[Effect]:
-        """Hand the put to the first home node; it coordinates and we relay its answer."""
-        target = plan.homes[:1]
-        # The home node needs its own full timeout, plus the hop there and back.
-        op = _ForwardOp(client, plan, now + self.request_timeout * 1.5, target, 1)
+        """Hand the put to a home node; it coordinates and we relay its answer.
+
+        Homes believed up are tried first; if one fails, the next is tried.
+        """
+        homes = [t for t in plan.targets if t in plan.homes]
+        homes += [h for h in plan.homes if h not in homes]
         body: dict[str, Any] = {"bucket": plan.bucket, "key": plan.key, "context": context,
                                 "w": plan.quorum, "forwarded": True}
         if tombstone:
             msg_type = "delete"
         else:
             msg_type, body["value"] = "put", value
-        return self._fan_out(op, msg_type, body, now)
+        op = self._new(_ForwardOp, client, plan, now, homes[:1], 1, msg_type, body)
+        op.spares = homes[1:]
+        # The home node needs its own full timeout, plus the hop there and back.
+        op.deadline = now + self.request_timeout * 1.5
+        op.hedge_at = op.deadline
+        return self._fan_out(op, now)
+
+    def _new(self, kind: type, client: Any, plan: KeyPlan, now: float, asked: list[str],
+             needed: int, msg_type: str, body: dict[str, Any]) -> Any:
+        op = kind(client, plan, now + self.request_timeout, asked, needed, msg_type, body,
+                  now + self.hedge_after, [] if plan.strict else list(plan.spares),
+                  dict(plan.stand_in))
+        return op
 
     def _admit(self) -> DynamoError | None:
         if len(self._ops) >= self.max_pending:
@@ -213,22 +283,41 @@ class Coordinator:
                               f"its limit; try again or another node")
         return None
 
-    def _fan_out(self, op: _Operation, msg_type: str, body: dict[str, Any], now: float,
-                 to: tuple[str, ...] | None = None) -> list[Effect]:
+    def _fan_out(self, op: _Operation, now: float, to: list[str] | None = None) -> list[Effect]:
         op_id = next(self._ids)
         self._ops[op_id] = op
-        return self._sends(op_id, op, msg_type, body, op.asked if to is None else to) \
-            + self._progress(op_id, op, now)
+        return self._sends(op_id, op, op.asked if to is None else to) + \
+            self._progress(op_id, op, now)
 
-    def _sends(self, op_id: int, op: _Operation, msg_type: str, body: dict[str, Any],
-               peers: Sequence[str]) -> list[Effect]:
+    def _sends(self, op_id: int, op: _Operation, peers: Sequence[str]) -> list[Effect]:
         effects: list[Effect] = []
         for peer in peers:
             req_id = next(self._ids)
             self._sent[req_id] = (op_id, peer)
             op.sent_ids.append(req_id)
-            effects.append(Send(peer, msg_type, body, req_id))
+            effects.append(Send(peer, op.msg_type, self._body_for(op, peer), req_id))
         return effects
+
+    def _body_for(self, op: _Operation, peer: str) -> dict[str, Any]:
+        """A stand-in's copy of a write carries the hint naming the home it stands in for."""
+        home = op.stand_in.get(peer)
+        if home is None or op.msg_type != "replica_put":
+            return op.body
+        self.hinted_writes += 1
+        return {**op.body, "hint": home}
+
+    def _replace(self, op_id: int, op: _Operation, peer: str) -> list[Effect]:
+        """Bring in the next spare for a node that failed or stayed silent."""
+        if op.done or not op.spares or peer in op.replaced:
+            return []
+        if isinstance(op, _PutOp) and not op.replicated:
+            return []
+        op.replaced.add(peer)
+        spare = op.spares.pop(0)
+        if not isinstance(op, _ForwardOp):
+            op.stand_in[spare] = op.stand_in.get(peer, peer)
+        op.asked.append(spare)
+        return self._sends(op_id, op, [spare])
 
     # ----------------------------------------------------------------- replies
 
@@ -246,10 +335,16 @@ class Coordinator:
         del self._sent[req_id]
         op_id, _ = entry
         op = self._ops[op_id]
+        effects: list[Effect] = []
         if msg_type == "error":
             op.failed[peer] = str(body.get("message", "error"))
+            unreachable = body.get("code") == Unavailable.code
             if isinstance(op, _ForwardOp):
                 op.relayed = body
+                if not unreachable:
+                    op.spares.clear()  # the home answered: its verdict is the answer
+            if unreachable:
+                effects.append(PeerFailed(peer))
         else:
             try:
                 op.answered[peer] = _parse_reply(op, msg_type, body)
@@ -258,8 +353,10 @@ class Coordinator:
             if isinstance(op, _GetOp) and peer == self.name:
                 op.issued = body.get("issued", 0)
         if isinstance(op, _PutOp) and peer == self.name and not op.replicated:
-            return self._after_local_write(op_id, op, body, now)
-        return self._progress(op_id, op, now)
+            return effects + self._after_local_write(op_id, op, body, now)
+        if peer in op.failed:
+            effects.extend(self._replace(op_id, op, peer))
+        return effects + self._progress(op_id, op, now)
 
     def _after_local_write(self, op_id: int, op: _PutOp, reply: dict[str, Any],
                            now: float) -> list[Effect]:
@@ -270,8 +367,7 @@ class Coordinator:
             return [Fail(op.client, error), *self._finish(op_id, op)]
         op.replicated = True
         others = [p for p in op.asked if p != self.name]
-        return self._sends(op_id, op, "replica_put", op.body, others) + \
-            self._progress(op_id, op, now)
+        return self._sends(op_id, op, others) + self._progress(op_id, op, now)
 
     def on_unreachable(self, req_id: int, peer: str, why: str, now: float) -> list[Effect]:
         """The runtime could not send a request (no address, send queue full)."""
@@ -292,13 +388,19 @@ class Coordinator:
     # ----------------------------------------------------------------- timers
 
     def on_tick(self, now: float) -> list[Effect]:
-        """Expire operations whose deadline passed."""
+        """Replace replicas silent past the hedge time; expire operations at their deadline."""
         effects: list[Effect] = []
         for op_id, op in list(self._ops.items()):
             if now >= op.deadline:
+                effects.extend(PeerFailed(p) for p in op.silent() if p not in op.replaced)
                 if not op.done:
                     effects.extend(self._answer(op, now, timed_out=True))
                 effects.extend(self._finish(op_id, op))
+            elif not op.done and now >= op.hedge_at and op.spares:
+                for peer in op.silent():
+                    if peer not in op.replaced:
+                        effects.append(PeerFailed(peer))
+                        effects.extend(self._replace(op_id, op, peer))
         return effects
 
     def next_deadline(self) -> float | None:
@@ -323,7 +425,7 @@ class Coordinator:
         if isinstance(op, _ForwardOp):
             if not op.asked:
                 return QuorumNotMet("put", 0, op.plan.quorum, 0, "no home node is known")
-            target = op.asked[0]
+            target = op.asked[-1]
             if timed_out:
                 return Timeout(f"put forwarded to home node {target} got no answer within "
                                f"{self.request_timeout * 1.5:.1f}s")
@@ -332,11 +434,12 @@ class Coordinator:
             return Unavailable(f"put forwarded to home node {target} failed: "
                                f"{op.failed.get(target, 'no answer')}")
         reasons = [f"{p}: {r}" for p, r in sorted(op.failed.items())]
-        silent = [p for p in op.asked if p not in op.answered and p not in op.failed]
-        if silent:
-            reasons.append(f"no answer from {', '.join(silent)}")
-        return QuorumNotMet(op.op_name, len(op.answered), op.needed, len(op.asked),
-                            "; ".join(reasons))
+        if op.silent():
+            reasons.append(f"no answer from {', '.join(op.silent())}")
+        if op.plan.strict:
+            reasons.append("the bucket is strict: only home nodes count")
+        return QuorumNotMet(op.op_name, len(op.answered), op.needed,
+                            max(len(op.asked), len(op.plan.homes)), "; ".join(reasons))
 
     def _answer_get(self, op: _GetOp, now: float) -> list[Effect]:
         versions = reconcile(v for vs in op.answered.values() for v in vs)
@@ -372,9 +475,12 @@ class Coordinator:
                        dot, now)
 
     def _write_back(self, op: _GetOp, merged: Version) -> list[Effect]:
+        """The merge goes where a put would: the targets, stand-ins with their hints."""
         op.written_back = True
         body = {"bucket": op.plan.bucket, "key": op.plan.key, "versions": [merged.to_wire()]}
-        return [Send(peer, "replica_put", body, None) for peer in op.plan.homes]
+        return [Send(peer, "replica_put",
+                     {**body, "hint": op.stand_in[peer]} if peer in op.stand_in else body, None)
+                for peer in op.plan.targets]
 
     def _finish(self, op_id: int, op: _Operation) -> list[Effect]:
         """Forget the operation; a get first repairs replicas that answered stale data."""
@@ -386,14 +492,17 @@ class Coordinator:
         return []
 
     def _read_repair(self, op: _GetOp) -> list[Effect]:
-        """Send each replica that answered the newest versions it lacked (fire and forget).
+        """Send each home replica that answered the newest versions it lacked (one-way).
 
         The newest versions are reconciled over every reply, including those that came in
-        after the client was answered.
+        after the client was answered. Stand-ins are not repaired: what they hold for a
+        home is a hint, delivered by handoff, not a replica of their own.
         """
         newest = reconcile(v for vs in op.answered.values() for v in vs)
         effects: list[Effect] = []
         for peer, versions in sorted(op.answered.items()):
+            if peer not in op.plan.homes:
+                continue
             held = {v.dot for v in versions}
             missing = [v.to_wire() for v in newest if v.dot not in held]
             if missing:
@@ -410,4 +519,3 @@ def _parse_reply(op: _Operation, msg_type: str, body: dict[str, Any]) -> Any:
     if isinstance(op, _GetOp):
         return [Version.from_wire(v) for v in body["versions"]]
     return body
-

@@ -109,6 +109,36 @@ class PartitionStrategy(Protocol):
         ...
 
 
+#: A peer's state in one node's local opinion.
+PEER_STATES = ("up", "suspect", "down")
+
+
+@runtime_checkable
+class FailureDetector(Protocol):
+    """One node's local, private opinion of which peers are alive.
+
+    The runtime reports every message heard from a peer and every request to it that failed
+    (timed out or could not be sent); it asks for a peer's state when it walks a preference
+    list. Time comes in as ``now`` (seconds); detectors keep no clock of their own.
+    """
+
+    def heard_from(self, peer: str, now: float) -> None: ...
+
+    def request_failed(self, peer: str, now: float) -> None: ...
+
+    def state(self, peer: str, now: float) -> str:
+        """``"up"``, ``"suspect"`` or ``"down"``; a peer never heard of is ``"up"``."""
+        ...
+
+    def forget(self, peer: str) -> None:
+        """Drop what is known of a peer (it left the cluster)."""
+        ...
+
+
+#: Builds a detector from the ``[failure_detector]`` table of the config.
+FailureDetectorFactory = Callable[[Mapping[str, Any]], FailureDetector]
+
+
 # --------------------------------------------------------------------------- hook specs
 
 
@@ -125,3 +155,8 @@ def dynamo_resolvers() -> Mapping[str, Resolver]:
 @hookspec
 def dynamo_partition_strategies() -> Mapping[str, PartitionStrategy]:
     """Partition strategies this plugin offers, by the name ``[partitioning] strategy`` selects."""
+
+
+@hookspec
+def dynamo_failure_detectors() -> Mapping[str, FailureDetectorFactory]:
+    """Failure detectors this plugin offers, by the name ``[failure_detector] plugin`` selects."""

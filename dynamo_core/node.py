@@ -9,6 +9,7 @@ an error reply and a log line; nothing a peer sends can stop the node.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -23,8 +24,11 @@ import cbor2
 
 from . import errors
 from .config import Config
-from .coordinator import Coordinator, Effect, Fail, KeyPlan, Reply, Send
+from .coordinator import Coordinator, Effect, Fail, KeyPlan, PeerFailed, Reply, Send
 from .errors import DynamoError, InvalidRequest, WireError
+from .admission import BackgroundBudget
+from .handoff import HandoffPlanner, Hint, HintStore
+from .liveness import Liveness
 from .membership import Member, Membership
 from .plugins import Registry, make_plugin_manager
 from .ring import key_hash
@@ -36,8 +40,6 @@ from .wire import Codec, Message
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.02
-#: A peer not heard from for this many gossip intervals is suspect, then down.
-SUSPECT_AFTER, DOWN_AFTER = 5, 15
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,16 @@ class Client:
 
     identity: bytes
     req_id: int | None
+    #: when the request arrived: foreground latency feeds background admission control
+    arrived: float = 0.0
+
+
+@dataclass
+class _Delivery:
+    """A hint on its way to its home node, waiting for the acknowledgement."""
+
+    hint: Hint
+    deadline: float
 
 
 class Node:
@@ -68,6 +80,17 @@ class Node:
         self.actor, me = self._identity()
         self.store = LocalStore(engine_factory(data_dir, config.storage), config.max_siblings,
                                 self.actor)
+        # Hints live in their own store, never mixed with this node's own replicas.
+        hints_dir = os.path.join(data_dir, "hints") if data_dir is not None else None
+        self.hints = HintStore(engine_factory(hints_dir, config.storage),
+                               config.handoff_max_hints, config.handoff_max_bytes,
+                               config.handoff_max_age)
+        self.handoff = HandoffPlanner()
+        self.budget = BackgroundBudget(config.bg_rate, config.bg_burst,
+                                       config.bg_max_concurrent, config.bg_latency_target)
+        self._deliveries: dict[int, _Delivery] = {}
+        self._delivery_ids = iter(range(1 << 62, 1 << 63))
+        self.hints_delivered = 0
         self.membership = Membership(me, self.strategy, config.partitioning, seeds)
         self.coordinator = Coordinator(name, self.actor,
                                        request_timeout=config.request_timeout,
@@ -75,7 +98,9 @@ class Node:
                                        max_pending=config.max_pending_requests)
         self.transport = ZmqTransport(name, listen, config.max_message_bytes,
                                       self._on_request, self._on_peer_reply)
-        self._last_heard: dict[str, float] = {}
+        detector = self.registry.failure_detector(config.failure_detector["plugin"])
+        self.liveness = Liveness(name, detector(config.failure_detector),
+                                 config.heartbeat_interval)
         self._gossip_ids = iter(range(1, 1 << 62))
         self._tasks: list[asyncio.Task] = []
         self._handlers: dict[str, Callable[[Message, Client], None]] = {
@@ -130,7 +155,9 @@ class Node:
         self._save_identity()
         await self.transport.start()
         self._tasks = [asyncio.create_task(self._tick_loop(), name="tick"),
-                       asyncio.create_task(self._gossip_loop(), name="gossip")]
+                       asyncio.create_task(self._gossip_loop(), name="gossip"),
+                       asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                       asyncio.create_task(self._handoff_loop(), name="handoff")]
         log.info("%s listening on %s (actor %s, %d tokens, engine %s)", self.name, self.listen,
                  self.actor, len(self.membership.me.tokens), self.config.storage["engine"])
 
@@ -140,12 +167,15 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.close()
         self.store.close()
+        self.hints.close()
         log.info("%s stopped", self.name)
 
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            self._run(self.coordinator.on_tick(time.time()))
+            now = time.time()
+            self._run(self.coordinator.on_tick(now))
+            self._expire_deliveries(now)
 
     async def _gossip_loop(self) -> None:
         interval = self.config.gossip_interval
@@ -153,6 +183,23 @@ class Node:
             self._gossip_once()
             # Jitter keeps nodes from gossiping in lock step.
             await asyncio.sleep(interval * self.rng.uniform(0.8, 1.2))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval / 2)
+            peers = [m.name for m in self.membership.members() if m.status != "removed"]
+            for peer in self.liveness.refresh(peers, time.time()):
+                self._send_one_way(peer, "ping", {})
+
+    def _send_one_way(self, peer: str, msg_type: str, body: dict[str, Any]) -> None:
+        address = self.membership.address_of(peer)
+        if address is None:
+            return
+        try:
+            self.transport.send(address, self.codec.encode(msg_type, body, None, self.name))
+        except SendFailed as exc:
+            self.liveness.request_failed(peer, time.time())
+            log.debug("%s: %s to %s not sent: %s", self.name, msg_type, peer, exc)
 
     def _gossip_once(self) -> None:
         target = self.membership.gossip_target(self.rng)
@@ -164,6 +211,61 @@ class Node:
             self.transport.send(target, frame)
         except SendFailed as exc:
             log.debug("%s: gossip to %s not sent: %s", self.name, target, exc)
+
+    # ================================================================== handoff
+
+    async def _handoff_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.handoff_interval)
+            self._handoff_once(time.time())
+
+    def _handoff_once(self, now: float) -> None:
+        """Deliver hints to homes that are reachable again, within the background budget."""
+        expired = self.hints.expire(now)
+        if expired:
+            log.warning("%s: %d hints expired undelivered after %gs; anti-entropy will "
+                        "repair their keys", self.name, expired, self.config.handoff_max_age)
+        busy = {d.hint.target for d in self._deliveries.values()}
+        is_up = lambda t: (t not in busy and not self.liveness.is_down(t, now)  # noqa: E731
+                           and self.membership.address_of(t) is not None)
+        for target in self.handoff.due(self.hints.targets(), is_up, now):
+            self.handoff.started(target)
+            sent = 0
+            for hint in self.hints.batch(target, self.config.handoff_batch):
+                if not self.budget.try_start(now):
+                    break
+                self._deliver(hint, now)
+                sent += 1
+            if not sent:
+                self.handoff.finished(target, True, now)
+
+    def _deliver(self, hint: Hint, now: float) -> None:
+        req_id = next(self._delivery_ids)
+        self._deliveries[req_id] = _Delivery(hint, now + self.config.request_timeout)
+        address = self.membership.address_of(hint.target)
+        body = {"bucket": hint.bucket, "key": hint.key,
+                "versions": [v.to_wire() for v in hint.versions]}
+        try:
+            assert address is not None
+            self.transport.send(address, self.codec.encode("replica_put", body, req_id,
+                                                           self.name))
+        except (SendFailed, WireError, AssertionError):
+            self._delivery_answered(req_id, False, now)
+
+    def _delivery_answered(self, req_id: int, ok: bool, now: float) -> None:
+        delivery = self._deliveries.pop(req_id)
+        self.budget.done()
+        target = delivery.hint.target
+        if ok and self.hints.delivered(delivery.hint):
+            self.hints_delivered += 1
+        if not ok:
+            self.liveness.request_failed(target, now)
+        if not any(d.hint.target == target for d in self._deliveries.values()):
+            self.handoff.finished(target, ok, now)
+
+    def _expire_deliveries(self, now: float) -> None:
+        for req_id in [r for r, d in self._deliveries.items() if now >= d.deadline]:
+            self._delivery_answered(req_id, False, now)
 
     # ================================================================== incoming
 
@@ -178,9 +280,9 @@ class Node:
         except WireError as exc:
             self._reject(identity, self.codec.request_id_of(frames[0]), exc)
             return
-        client = Client(identity, msg.id)
+        client = Client(identity, msg.id, time.time())
         if msg.sender:
-            self._last_heard[msg.sender] = time.time()
+            self.liveness.heard_from(msg.sender, time.time())
         handler = self._handlers.get(msg.type)
         if handler is None:
             self._reply_error(client, InvalidRequest(
@@ -209,9 +311,13 @@ class Node:
             log.warning("%s: dropped a malformed reply from %s: %s", self.name, address, exc)
             return
         if msg.sender:
-            self._last_heard[msg.sender] = time.time()
+            self.liveness.heard_from(msg.sender, time.time())
         if msg.type == "gossip_ok":
             self._merge_gossip(msg.body["members"])
+        elif msg.type == "pong":
+            pass  # a heartbeat: hearing it was the point
+        elif msg.id in self._deliveries:
+            self._delivery_answered(msg.id, msg.type == "replica_put_ok", time.time())
         elif msg.sender is not None:
             self._run(self.coordinator.on_reply(msg.id, msg.sender, msg.type, msg.body,
                                                 time.time()))
@@ -227,8 +333,12 @@ class Node:
                 queue.extend(self._send(effect))
             elif isinstance(effect, Reply):
                 self._reply(effect.client, effect.msg_type, effect.body)
+                self.budget.observe(time.time() - effect.client.arrived, time.time())
             elif isinstance(effect, Fail):
                 self._reply_error(effect.client, effect.error)
+                self.budget.observe(time.time() - effect.client.arrived, time.time())
+            elif isinstance(effect, PeerFailed):
+                self.liveness.request_failed(effect.peer, time.time())
 
     def _send(self, send: Send) -> list[Effect]:
         now = time.time()
@@ -273,15 +383,18 @@ class Node:
         if quorum > settings.n:
             raise InvalidRequest(f"{quorum_field}={quorum} exceeds n={settings.n} of "
                                  f"bucket {bucket!r}")
-        homes = self.membership.ring.preference_list(key_hash(bucket, key), settings.n)
+        walk = list(self.membership.ring.walk(key_hash(bucket, key)))
         resolver = self.registry.resolver(settings.resolver) if settings.resolver else None
-        return KeyPlan(bucket, key, tuple(homes), quorum, resolver)
+        now = time.time()
+        return KeyPlan.sloppy(bucket, key, walk, settings.n, quorum,
+                              lambda peer: self.liveness.is_down(peer, now), resolver,
+                              settings.strict)
 
     def _handle_get(self, msg: Message, client: Client) -> None:
         b = msg.body
         plan = self.plan(b["bucket"], b["key"], "r", b.get("r"))
         if b.get("resolve") is False:
-            plan = KeyPlan(plan.bucket, plan.key, plan.homes, plan.quorum, None)
+            plan = dataclasses.replace(plan, resolver=None)
         self._run(self.coordinator.start_get(client, plan, time.time()))
 
     def _handle_put(self, msg: Message, client: Client) -> None:
@@ -298,13 +411,24 @@ class Node:
         bucket, key = body["bucket"], body["key"]
         if msg_type == "replica_get":
             versions, issued = self.store.state(bucket, key)
+            # A stand-in answers with what it holds for absent homes too.
+            for hinted in self.hints.for_key(bucket, key).values():
+                versions.extend(hinted)
             return "replica_get_ok", {"versions": [v.to_wire() for v in versions],
                                       "issued": issued}
         try:
             incoming = [Version.from_wire(v) for v in body["versions"]]
         except ValueError as exc:
             raise InvalidRequest(f"replica_put: {exc}") from None
-        self.store.apply(bucket, key, incoming)
+        home = body.get("hint")
+        if home is not None and home != self.name:
+            try:
+                self.hints.add(home, bucket, key, incoming, time.time())
+            except errors.Overloaded as exc:
+                log.warning("%s: hint for %s refused: %s", self.name, home, exc)
+                raise
+        else:
+            self.store.apply(bucket, key, incoming)
         return "replica_put_ok", {}
 
     def _handle_replica_get(self, msg: Message, client: Client) -> None:
@@ -339,40 +463,40 @@ class Node:
     # ---------------------------------------------------------------- operator views
 
     def peer_state(self, name: str) -> str:
-        """This node's local opinion of a peer: up, suspect or down (by last contact)."""
-        if name == self.name:
-            return "up"
-        heard = self._last_heard.get(name)
-        if heard is None:
-            return "unknown"
-        silence = (time.time() - heard) / self.config.gossip_interval
-        return "up" if silence < SUSPECT_AFTER else "suspect" if silence < DOWN_AFTER else "down"
+        """This node's local opinion of a peer: up, suspect or down."""
+        return self.liveness.state(name, time.time())
 
     def _handle_status(self, msg: Message, client: Client) -> None:
         ownership = self.membership.ring.ownership()
         members = [{"name": m.name, "address": m.address, "state": self.peer_state(m.name),
-                    "status": m.status, "capacity": m.capacity, "tokens": len(m.tokens),
+                    "since": self.liveness.since(m.name), "status": m.status,
+                    "capacity": m.capacity, "tokens": len(m.tokens),
                     "ownership": round(ownership.get(m.name, 0.0), 4), "version": m.version,
-                    "last_heard": self._last_heard.get(m.name)}
+                    "last_heard": self.liveness.last_heard(m.name)}
                    for m in self.membership.members()]
         self._reply(client, "status_ok", {"status": {
             "node": self.name, "address": self.listen, "actor": self.actor,
-            "members": members, "keys": len(self.store), "hints_pending": 0,
+            "members": members, "keys": len(self.store),
+            "hints_pending": self.hints.pending(), "hints_bytes": self.hints.bytes_used,
+            "hints_by_target": self.hints.targets(), "hints_delivered": self.hints_delivered,
+            "background": self.budget.stats(),
             "engine": self.config.storage["engine"],
             "pending_requests": self.coordinator.pending(),
             "stale_replies": self.coordinator.stale_replies,
             "read_repairs": self.coordinator.read_repairs,
+            "hinted_writes": self.coordinator.hinted_writes,
+            "failure_detector": self.config.failure_detector["plugin"],
             "malformed_frames": self.malformed_frames,
         }})
 
     def _handle_inspect(self, msg: Message, client: Client) -> None:
         bucket, key = msg.body["bucket"], msg.body["key"]
-        versions = [{"value": v.value, "clock": v.history().to_wire(), "context": v.clock.to_wire(),
-                     "dot": list(v.dot), "timestamp": v.timestamp, "tombstone": v.tombstone}
-                    for v in self.store.read(bucket, key)]
+        versions = [_version_view(v) for v in self.store.read(bucket, key)]
+        hints = [{"for": target, "versions": [_version_view(v) for v in hinted]}
+                 for target, hinted in sorted(self.hints.for_key(bucket, key).items())]
         self._reply(client, "inspect_ok", {"inspect": {
             "node": self.name, "bucket": bucket, "key": key, "versions": versions,
-            "hints": []}})
+            "hints": hints}})
 
     def _handle_preflist(self, msg: Message, client: Client) -> None:
         bucket, key = msg.body["bucket"], msg.body["key"]
@@ -383,6 +507,12 @@ class Node:
                  for i, name in enumerate(walk)]
         self._reply(client, "preflist_ok", {"preflist": {
             "node": self.name, "bucket": bucket, "key": key, "n": n, "nodes": nodes}})
+
+
+def _version_view(v: Version) -> dict[str, Any]:
+    """A version as ``dynamo inspect`` shows it: its full clock, its own dot, its fields."""
+    return {"value": v.value, "clock": v.history().to_wire(), "context": v.clock.to_wire(),
+            "dot": list(v.dot), "timestamp": v.timestamp, "tombstone": v.tombstone}
 
 
 async def run_node(node: Node, stop: asyncio.Event) -> None:

@@ -38,6 +38,7 @@ class Registry:
         "storage engine": "dynamo_storage_engines",
         "resolver": "dynamo_resolvers",
         "partition strategy": "dynamo_partition_strategies",
+        "failure detector": "dynamo_failure_detectors",
     }
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
@@ -79,3 +80,6 @@ class Registry:
 
     def partition_strategy(self, name: str) -> hookspecs.PartitionStrategy:
         return self.pick("partition strategy", name)
+
+    def failure_detector(self, name: str) -> hookspecs.FailureDetectorFactory:
+        return self.pick("failure detector", name)

@@ -204,7 +204,9 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     "ping": {},
     # node -> node
     "replica_get": {"bucket": BUCKET, "key": KEY},
-    "replica_put": {"bucket": BUCKET, "key": KEY, "versions": VERSIONS},
+    "replica_put": {"bucket": BUCKET, "key": KEY, "versions": VERSIONS,
+                    # set on a stand-in's copy: the home node it holds the write for
+                    "hint": Field(text(256, lambda n: len(n) > 0, "node name"), required=False)},
     "gossip": {"members": MEMBERS},
     # replies
     "get_ok": {"siblings": Field(list_of(MAP, 1024)),

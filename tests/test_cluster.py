@@ -289,7 +289,7 @@ def test_a_quorum_of_zero_is_an_invalid_request(shared, key):
 def degraded(module_cluster):
     """Three nodes, then n3 killed with SIGKILL; replicas wait at most 1 s for an answer."""
     cl = module_cluster(3, config={"cluster": {"request_timeout": 1.0},
-                                   "buckets": {"pairs": {"n": 2}}})
+                                   "buckets": {"pairs": {"n": 2, "strict": True}}})
     cl.kill("n3", signal.SIGKILL)
     return cl
 
@@ -342,7 +342,8 @@ def test_with_a_node_dead_a_write_quorum_of_two_still_succeeds(degraded, key):
 
 
 def test_a_forwarded_put_relays_the_home_nodes_quorum_failure(degraded):
-    # A "pairs" key (N=2) whose homes are [a live node, dead n3], sent to the third node.
+    # A "pairs" key (N=2, strict: no stand-ins) whose homes are [a live node, dead n3],
+    # sent to the third node.
     with degraded.client("n1", "n2") as c:
         for i in itertools.count():
             key = f"relay-{uuid.uuid4().hex[:6]}-{i}"

@@ -8,6 +8,12 @@ by the addressed node's own coordinator and its answer is relayed back. A test c
 node silent (requests vanish), slow (requests are held until ``release``), or failing
 (answers ``error``) - per message type if it wants. Nothing here uses threads or clocks:
 time is ``Net.now``, advanced by the test.
+
+A Net built with a ``walk`` plans every key with :meth:`KeyPlan.sloppy` over that ring walk
+(N=3), believing down the nodes in ``Net.down``: the sloppy-quorum scenarios use five nodes,
+homes n1-n3 and fallbacks n4, n5. A stand-in's store is the same in-test LocalStore as any
+other node's, so a hinted write is simply stored there; the tests assert on the hints in the
+Send bodies instead of modelling a hint store.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import cbor2
 import pytest
 
 from dynamo_core import errors
-from dynamo_core.coordinator import Coordinator, Fail, KeyPlan, Reply, Send
+from dynamo_core.coordinator import Coordinator, Fail, KeyPlan, PeerFailed, Reply, Send
 from dynamo_core.errors import InvalidRequest, Overloaded, QuorumNotMet, Timeout, Unavailable
 from dynamo_core.hookspecs import Sibling
 from dynamo_core.store import LocalStore
@@ -29,6 +35,8 @@ from dynamo_plugins.memory_storage import open_memory_engine
 TIMEOUT = 1.0
 BUCKET = "default"
 HOMES = ("n1", "n2", "n3")
+#: the ring walk of the sloppy-quorum scenarios: homes n1-n3, then fallbacks n4, n5
+WALK = ("n1", "n2", "n3", "n4", "n5")
 
 
 # ====================================================================== the network
@@ -45,8 +53,14 @@ class Delivery:
 class Net:
     def __init__(self, names: Sequence[str] = ("n1", "n2", "n3", "n4"), *,
                  max_pending: int = 100, max_siblings: int = 16,
-                 max_clock_entries: int = 10) -> None:
+                 max_clock_entries: int = 10, walk: Sequence[str] | None = None,
+                 strict: bool = False) -> None:
         self.now = 0.0
+        #: the ring walk every key is planned over with KeyPlan.sloppy (None: plain homes)
+        self.walk = tuple(walk) if walk is not None else None
+        self.strict = strict
+        #: nodes the failure detector believes down (only sloppy plans consult it)
+        self.down: set[str] = set()
         self.stores = {n: LocalStore(open_memory_engine(None, {}), max_siblings, f"actor-{n}")
                        for n in names}
         self.coords = {n: Coordinator(n, f"actor-{n}", request_timeout=TIMEOUT,
@@ -62,6 +76,8 @@ class Net:
         #: node -> (message types, error body) it answers with an error
         self.failing: dict[str, tuple[set[str] | None, dict[str, Any]]] = {}
         self.held: list[Delivery] = []
+        #: (coordinator, peer) for every PeerFailed effect: what a failure detector hears
+        self.peer_failures: list[tuple[str, str]] = []
         #: every Send ever delivered or dropped, in order, with its sender
         self.sent: list[Delivery] = []
         #: client -> every Reply/Fail addressed to it
@@ -119,6 +135,9 @@ class Net:
             self.run(name, coord.on_tick(now))
 
     def _deliver(self, src: str, effect: Any) -> list[tuple[str, Any]]:
+        if isinstance(effect, PeerFailed):
+            self.peer_failures.append((src, effect.peer))
+            return []
         if isinstance(effect, (Reply, Fail)):
             relay = self._relay.pop(effect.client, None)
             if relay is None:
@@ -171,7 +190,8 @@ class Net:
             client = ("forwarded", src, send.req_id)
             assert send.req_id is not None
             self._relay[client] = (src, send.req_id)
-            plan = KeyPlan(body["bucket"], body["key"], self.homes[body["key"]], body["w"])
+            assert body["bucket"] == BUCKET
+            plan = self.plan(body["key"], body["w"])
             local, issued = store.state(body["bucket"], body["key"])
             effects = self.coords[node].start_put(
                 client, plan, body.get("value"), body.get("context"),
@@ -186,6 +206,11 @@ class Net:
         return f"client-{self._clients}"
 
     def plan(self, key: str, quorum: int, resolver: Any = None) -> KeyPlan:
+        if self.walk is not None:
+            plan = KeyPlan.sloppy(BUCKET, key, self.walk, 3, quorum, self.down.__contains__,
+                                  resolver, self.strict)
+            self.homes[key] = plan.homes
+            return plan
         return KeyPlan(BUCKET, key, self.homes.setdefault(key, HOMES), quorum, resolver)
 
     def start_put(self, via: str, key: str, value: Any, context: bytes | None = None, *,
