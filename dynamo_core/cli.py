@@ -145,6 +145,27 @@ def cmd_preflist(args: argparse.Namespace) -> str:
            f"sees it:\n" + _table(rows, ["NAME", "ADDRESS", "ROLE", "STATE"])
 
 
+def cmd_join(args: argparse.Namespace) -> str:
+    with _client(args) as c:
+        c.join(args.node, args.seed)
+    return _dump({"joined": args.node, "seed": args.seed}) if args.json else \
+        f"{args.node} is joining the cluster of {args.seed}"
+
+
+def cmd_leave(args: argparse.Namespace) -> str:
+    with _client(args) as c:
+        c.leave(args.node)
+    return _dump({"leaving": args.node}) if args.json else \
+        f"{args.node} is handing its ranges off; it exits when done"
+
+
+def cmd_remove(args: argparse.Namespace) -> str:
+    with _client(args) as c:
+        c.remove(args.name, args.node)
+    return _dump({"removed": args.name}) if args.json else \
+        f"{args.name} removed; its ranges are being rebuilt from the other replicas"
+
+
 def cmd_plugins(args: argparse.Namespace) -> str:
     from .plugins import Registry, make_plugin_manager
     cfg = config_mod.load(args.config)
@@ -282,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     keyed(p)
     p = command("preflist", cmd_preflist, "the preference list of KEY as a node sees it")
     keyed(p)
+    p = command("join", cmd_join, "make the node at --node join the cluster of --seed")
+    p.add_argument("--seed", type=_address, required=True)
+    command("leave", cmd_leave, "the node at --node hands its ranges off, then exits")
+    p = command("remove", cmd_remove, "remove a dead node; its data is rebuilt elsewhere")
+    p.add_argument("name", metavar="NAME")
     p = command("plugins", cmd_plugins, "installed plugins of each kind", client=False)
     p.add_argument("--config", help="TOML configuration (its [plugins] modules are loaded)")
 

@@ -152,7 +152,8 @@ def _context_bytes(context: Any) -> bytes | None:
 
 
 _REPLY_OF = {"get": "get_ok", "put": "put_ok", "delete": "put_ok", "status": "status_ok",
-             "inspect": "inspect_ok", "preflist": "preflist_ok", "ping": "pong"}
+             "inspect": "inspect_ok", "preflist": "preflist_ok", "ping": "pong",
+             "join": "join_ok", "leave": "leave_ok", "remove": "remove_ok"}
 
 
 # ====================================================================== blocking client
@@ -211,6 +212,18 @@ class Client:
 
     def ping(self, node: str | None = None) -> str:
         return self._call("ping", {}, node).get("node", "")
+
+    def join(self, node: str, seed: str) -> None:
+        """Ask the node at ``node`` to join the cluster that ``seed`` belongs to."""
+        self._call("join", {"seed": seed}, node)
+
+    def leave(self, node: str) -> None:
+        """Ask the node at ``node`` to hand its ranges off and leave the cluster."""
+        self._call("leave", {}, node)
+
+    def remove(self, name: str, node: str | None = None) -> None:
+        """Remove the dead node ``name`` from the cluster (asking ``node``)."""
+        self._call("remove", {"name": name}, node)
 
     # ------------------------------------------------------------------ plumbing
 

@@ -103,10 +103,14 @@ class KeyPlan:
     stand_in: Mapping[str, str] = field(default_factory=dict)
     spares: tuple[str, ...] = ()
     strict: bool = False
+    #: homes believed up first, then the others: where a non-home forwards a put
+    forward_order: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.targets:
             object.__setattr__(self, "targets", self.homes)
+        if not self.forward_order:
+            object.__setattr__(self, "forward_order", self.homes)
 
     @classmethod
     def sloppy(cls, bucket: str, key: str, walk: Sequence[str], n: int, quorum: int,
@@ -124,8 +128,9 @@ class KeyPlan:
                 fallback = healthy_fallbacks.pop(0)
                 targets.append(fallback)
                 stand_in[fallback] = home
+        forward_order = tuple(sorted(homes, key=is_down))  # stable: up homes keep their rank
         return cls(bucket, key, homes, quorum, resolver, tuple(targets), stand_in,
-                   tuple(healthy_fallbacks), strict)
+                   tuple(healthy_fallbacks), strict, forward_order)
 
 
 # ====================================================================== operations
@@ -143,14 +148,18 @@ class _Operation:
     needed: int
     msg_type: str = ""
     body: dict[str, Any] = field(default_factory=dict)
-    #: when silent nodes get replaced by spares (the mid-operation timeout)
-    hedge_at: float = 0.0
+    #: silence after which a node is replaced by a spare (the mid-operation timeout)
+    hedge_after: float = float("inf")
     spares: list[str] = field(default_factory=list)
     stand_in: dict[str, str] = field(default_factory=dict)
     replaced: set[str] = field(default_factory=set)
     answered: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     sent_ids: list[int] = field(default_factory=list)
+    #: when each node was sent its request (a node never sent one is not waited on)
+    sent_at: dict[str, float] = field(default_factory=dict)
+    #: nodes already reported to the failure detector, so each is reported once
+    reported: set[str] = field(default_factory=set)
     done: bool = False
 
     @property
@@ -158,12 +167,20 @@ class _Operation:
         return len(self.asked) - len(self.answered) - len(self.failed)
 
     def silent(self) -> list[str]:
-        return [p for p in self.asked if p not in self.answered and p not in self.failed]
+        """Nodes sent a request that neither answered nor failed yet."""
+        return [p for p in self.asked
+                if p in self.sent_at and p not in self.answered and p not in self.failed]
 
     def settled(self) -> bool:
-        """The answer is known: quorum met, or too few nodes left to meet it."""
-        return (len(self.answered) >= self.needed
-                or len(self.answered) + self.outstanding + len(self.spares) < self.needed)
+        """The answer is known: quorum met, or too few nodes left to meet it.
+
+        When the quorum was out of reach from the start (homes believed down, no stand-in)
+        the nodes asked still get to answer, so the error says how many did.
+        """
+        if len(self.answered) >= self.needed:
+            return True
+        hopeless = len(self.answered) + self.outstanding + len(self.spares) < self.needed
+        return hopeless and (self.outstanding == 0 or bool(self.failed))
 
 
 @dataclass
@@ -255,8 +272,7 @@ class Coordinator:
 
         Homes believed up are tried first; if one fails, the next is tried.
         """
-        homes = [t for t in plan.targets if t in plan.homes]
-        homes += [h for h in plan.homes if h not in homes]
+        homes = list(plan.forward_order)
         body: dict[str, Any] = {"bucket": plan.bucket, "key": plan.key, "context": context,
                                 "w": plan.quorum, "forwarded": True}
         if tombstone:
@@ -265,15 +281,15 @@ class Coordinator:
             msg_type, body["value"] = "put", value
         op = self._new(_ForwardOp, client, plan, now, homes[:1], 1, msg_type, body)
         op.spares = homes[1:]
+        op.hedge_after = float("inf")  # a home coordinates in its own time: wait for it
         # The home node needs its own full timeout, plus the hop there and back.
         op.deadline = now + self.request_timeout * 1.5
-        op.hedge_at = op.deadline
         return self._fan_out(op, now)
 
     def _new(self, kind: type, client: Any, plan: KeyPlan, now: float, asked: list[str],
              needed: int, msg_type: str, body: dict[str, Any]) -> Any:
         op = kind(client, plan, now + self.request_timeout, asked, needed, msg_type, body,
-                  now + self.hedge_after, [] if plan.strict else list(plan.spares),
+                  self.hedge_after, [] if plan.strict else list(plan.spares),
                   dict(plan.stand_in))
         return op
 
@@ -286,12 +302,14 @@ class Coordinator:
     def _fan_out(self, op: _Operation, now: float, to: list[str] | None = None) -> list[Effect]:
         op_id = next(self._ids)
         self._ops[op_id] = op
-        return self._sends(op_id, op, op.asked if to is None else to) + \
+        return self._sends(op_id, op, op.asked if to is None else to, now) + \
             self._progress(op_id, op, now)
 
-    def _sends(self, op_id: int, op: _Operation, peers: Sequence[str]) -> list[Effect]:
+    def _sends(self, op_id: int, op: _Operation, peers: Sequence[str],
+               now: float) -> list[Effect]:
         effects: list[Effect] = []
         for peer in peers:
+            op.sent_at[peer] = now
             req_id = next(self._ids)
             self._sent[req_id] = (op_id, peer)
             op.sent_ids.append(req_id)
@@ -300,13 +318,17 @@ class Coordinator:
 
     def _body_for(self, op: _Operation, peer: str) -> dict[str, Any]:
         """A stand-in's copy of a write carries the hint naming the home it stands in for."""
-        home = op.stand_in.get(peer)
-        if home is None or op.msg_type != "replica_put":
+        if op.msg_type != "replica_put":
             return op.body
-        self.hinted_writes += 1
-        return {**op.body, "hint": home}
+        return self._hinted(op.body, op.stand_in.get(peer))
 
-    def _replace(self, op_id: int, op: _Operation, peer: str) -> list[Effect]:
+    def _hinted(self, body: dict[str, Any], home: str | None) -> dict[str, Any]:
+        if home is None:
+            return body
+        self.hinted_writes += 1
+        return {**body, "hint": home}
+
+    def _replace(self, op_id: int, op: _Operation, peer: str, now: float) -> list[Effect]:
         """Bring in the next spare for a node that failed or stayed silent."""
         if op.done or not op.spares or peer in op.replaced:
             return []
@@ -317,7 +339,7 @@ class Coordinator:
         if not isinstance(op, _ForwardOp):
             op.stand_in[spare] = op.stand_in.get(peer, peer)
         op.asked.append(spare)
-        return self._sends(op_id, op, [spare])
+        return self._sends(op_id, op, [spare], now)
 
     # ----------------------------------------------------------------- replies
 
@@ -344,18 +366,20 @@ class Coordinator:
                 if not unreachable:
                     op.spares.clear()  # the home answered: its verdict is the answer
             if unreachable:
-                effects.append(PeerFailed(peer))
+                effects.extend(self._report(op, [peer]))
         else:
             try:
                 op.answered[peer] = _parse_reply(op, msg_type, body)
             except (ValueError, KeyError, TypeError) as exc:
                 op.failed[peer] = f"bad reply: {exc}"
+                if isinstance(op, _ForwardOp):
+                    op.relayed = None  # the last home's failure is what the client hears
             if isinstance(op, _GetOp) and peer == self.name:
                 op.issued = body.get("issued", 0)
         if isinstance(op, _PutOp) and peer == self.name and not op.replicated:
             return effects + self._after_local_write(op_id, op, body, now)
         if peer in op.failed:
-            effects.extend(self._replace(op_id, op, peer))
+            effects.extend(self._replace(op_id, op, peer, now))
         return effects + self._progress(op_id, op, now)
 
     def _after_local_write(self, op_id: int, op: _PutOp, reply: dict[str, Any],
@@ -367,7 +391,7 @@ class Coordinator:
             return [Fail(op.client, error), *self._finish(op_id, op)]
         op.replicated = True
         others = [p for p in op.asked if p != self.name]
-        return self._sends(op_id, op, others) + self._progress(op_id, op, now)
+        return self._sends(op_id, op, others, now) + self._progress(op_id, op, now)
 
     def on_unreachable(self, req_id: int, peer: str, why: str, now: float) -> list[Effect]:
         """The runtime could not send a request (no address, send queue full)."""
@@ -388,20 +412,29 @@ class Coordinator:
     # ----------------------------------------------------------------- timers
 
     def on_tick(self, now: float) -> list[Effect]:
-        """Replace replicas silent past the hedge time; expire operations at their deadline."""
+        """Replace nodes silent past the hedge time; expire operations at their deadline."""
         effects: list[Effect] = []
         for op_id, op in list(self._ops.items()):
             if now >= op.deadline:
-                effects.extend(PeerFailed(p) for p in op.silent() if p not in op.replaced)
+                effects.extend(self._report(op, op.silent()))
                 if not op.done:
                     effects.extend(self._answer(op, now, timed_out=True))
                 effects.extend(self._finish(op_id, op))
-            elif not op.done and now >= op.hedge_at and op.spares:
-                for peer in op.silent():
-                    if peer not in op.replaced:
-                        effects.append(PeerFailed(peer))
-                        effects.extend(self._replace(op_id, op, peer))
+                continue
+            if op.done or not op.spares:
+                continue  # with nothing to replace them by, silent nodes get their deadline
+            slow = [p for p in op.silent() if now - op.sent_at[p] >= op.hedge_after]
+            effects.extend(self._report(op, slow))
+            for peer in slow:
+                effects.extend(self._replace(op_id, op, peer, now))
         return effects
+
+    @staticmethod
+    def _report(op: _Operation, peers: Sequence[str]) -> list[Effect]:
+        """PeerFailed for each node not reported yet: a detector hears of a failure once."""
+        fresh = [p for p in peers if p not in op.reported]
+        op.reported.update(fresh)
+        return [PeerFailed(p) for p in fresh]
 
     def next_deadline(self) -> float | None:
         return min((op.deadline for op in self._ops.values()), default=None)
@@ -436,6 +469,10 @@ class Coordinator:
         reasons = [f"{p}: {r}" for p, r in sorted(op.failed.items())]
         if op.silent():
             reasons.append(f"no answer from {', '.join(op.silent())}")
+        covered = set(op.asked) | set(op.stand_in.values())
+        unasked = [h for h in op.plan.homes if h not in covered]
+        if unasked:
+            reasons.append(f"{', '.join(unasked)} believed down and no stand-in available")
         if op.plan.strict:
             reasons.append("the bucket is strict: only home nodes count")
         return QuorumNotMet(op.op_name, len(op.answered), op.needed,
@@ -478,8 +515,7 @@ class Coordinator:
         """The merge goes where a put would: the targets, stand-ins with their hints."""
         op.written_back = True
         body = {"bucket": op.plan.bucket, "key": op.plan.key, "versions": [merged.to_wire()]}
-        return [Send(peer, "replica_put",
-                     {**body, "hint": op.stand_in[peer]} if peer in op.stand_in else body, None)
+        return [Send(peer, "replica_put", self._hinted(body, op.stand_in.get(peer)), None)
                 for peer in op.plan.targets]
 
     def _finish(self, op_id: int, op: _Operation) -> list[Effect]:

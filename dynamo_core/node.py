@@ -27,6 +27,7 @@ from .config import Config
 from .coordinator import Coordinator, Effect, Fail, KeyPlan, PeerFailed, Reply, Send
 from .errors import DynamoError, InvalidRequest, WireError
 from .admission import BackgroundBudget
+from .antientropy import AntiEntropy
 from .handoff import HandoffPlanner, Hint, HintStore
 from .liveness import Liveness
 from .membership import Member, Membership
@@ -89,6 +90,8 @@ class Node:
         self.budget = BackgroundBudget(config.bg_rate, config.bg_burst,
                                        config.bg_max_concurrent, config.bg_latency_target)
         self._deliveries: dict[int, _Delivery] = {}
+        #: request id -> future of a background request (anti-entropy, transfers)
+        self._calls: dict[int, asyncio.Future] = {}
         self._delivery_ids = iter(range(1 << 62, 1 << 63))
         self.hints_delivered = 0
         self.membership = Membership(me, self.strategy, config.partitioning, seeds)
@@ -108,9 +111,15 @@ class Node:
             "replica_get": self._handle_replica_get, "replica_put": self._handle_replica_put,
             "gossip": self._handle_gossip, "status": self._handle_status,
             "inspect": self._handle_inspect, "preflist": self._handle_preflist,
-            "ping": self._handle_ping,
+            "ping": self._handle_ping, "ae_roots": self._handle_anti_entropy,
+            "ae_hashes": self._handle_anti_entropy, "ae_keys": self._handle_anti_entropy,
+            "reap": self._handle_reap, "join": self._handle_join, "leave": self._handle_leave,
+            "remove": self._handle_remove,
         }
         self.malformed_frames = 0
+        self.anti_entropy = AntiEntropy(self)
+        #: set when this node has left the cluster and should exit
+        self.left = asyncio.Event()
 
     # ================================================================== lifecycle
 
@@ -151,13 +160,41 @@ class Node:
                                      "member": self.membership.me.to_wire()}))
         os.replace(tmp, path)
 
+    def now(self) -> float:
+        return time.time()
+
+    async def call(self, peer: str, msg_type: str, body: dict[str, Any],
+                   timeout: float | None = None) -> dict[str, Any]:
+        """A background request to a peer, awaited: the reply body, or a DynamoError."""
+        address = self.membership.address_of(peer)
+        if address is None:
+            raise errors.Unavailable(f"no address known for node {peer}")
+        req_id = next(self._delivery_ids)
+        future = asyncio.get_running_loop().create_future()
+        self._calls[req_id] = future
+        try:
+            self.transport.send(address, self.codec.encode(msg_type, body, req_id, self.name))
+            msg = await asyncio.wait_for(future, timeout or self.config.request_timeout)
+        except SendFailed as exc:
+            raise errors.Unavailable(str(exc)) from None
+        except asyncio.TimeoutError:
+            self.liveness.request_failed(peer, time.time())
+            raise errors.Timeout(f"{msg_type} to {peer} got no answer") from None
+        finally:
+            self._calls.pop(req_id, None)
+        if msg.type == "error":
+            raise errors.from_wire(msg.body)
+        return msg.body
+
     async def start(self) -> None:
         self._save_identity()
+        self.anti_entropy.refresh()
         await self.transport.start()
         self._tasks = [asyncio.create_task(self._tick_loop(), name="tick"),
                        asyncio.create_task(self._gossip_loop(), name="gossip"),
                        asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                       asyncio.create_task(self._handoff_loop(), name="handoff")]
+                       asyncio.create_task(self._handoff_loop(), name="handoff"),
+                       asyncio.create_task(self.anti_entropy.run(), name="anti-entropy")]
         log.info("%s listening on %s (actor %s, %d tokens, engine %s)", self.name, self.listen,
                  self.actor, len(self.membership.me.tokens), self.config.storage["engine"])
 
@@ -201,8 +238,8 @@ class Node:
             self.liveness.request_failed(peer, time.time())
             log.debug("%s: %s to %s not sent: %s", self.name, msg_type, peer, exc)
 
-    def _gossip_once(self) -> None:
-        target = self.membership.gossip_target(self.rng)
+    def _gossip_once(self, target: str | None = None) -> None:
+        target = target or self.membership.gossip_target(self.rng)
         if target is None:
             return
         frame = self.codec.encode("gossip", {"members": self.membership.to_wire()},
@@ -316,6 +353,10 @@ class Node:
             self._merge_gossip(msg.body["members"])
         elif msg.type == "pong":
             pass  # a heartbeat: hearing it was the point
+        elif msg.id in self._calls:
+            future = self._calls.pop(msg.id)
+            if not future.done():
+                future.set_result(msg)
         elif msg.id in self._deliveries:
             self._delivery_answered(msg.id, msg.type == "replica_put_ok", time.time())
         elif msg.sender is not None:
@@ -412,8 +453,9 @@ class Node:
         if msg_type == "replica_get":
             versions, issued = self.store.state(bucket, key)
             # A stand-in answers with what it holds for absent homes too.
-            for hinted in self.hints.for_key(bucket, key).values():
-                versions.extend(hinted)
+            if not body.get("own"):
+                for hinted in self.hints.for_key(bucket, key).values():
+                    versions.extend(hinted)
             return "replica_get_ok", {"versions": [v.to_wire() for v in versions],
                                       "issued": issued}
         try:
@@ -427,9 +469,10 @@ class Node:
             except errors.Overloaded as exc:
                 log.warning("%s: hint for %s refused: %s", self.name, home, exc)
                 raise
-        else:
-            self.store.apply(bucket, key, incoming)
-        return "replica_put_ok", {}
+            return "replica_put_ok", {"changed": True}
+        before = self.store.read(bucket, key)
+        after = self.store.apply(bucket, key, incoming)
+        return "replica_put_ok", {"changed": [v.dot for v in before] != [v.dot for v in after]}
 
     def _handle_replica_get(self, msg: Message, client: Client) -> None:
         self._reply(client, *self._serve_replica(msg.type, msg.body))
@@ -457,6 +500,75 @@ class Node:
                          self.name, self.membership.me.version)
                 self._save_identity()
 
+    def _handle_anti_entropy(self, msg: Message, client: Client) -> None:
+        try:
+            self._reply(client, *self.anti_entropy.serve(msg.type, msg.body))
+        except ValueError as exc:
+            raise InvalidRequest(f"{msg.type}: {exc}") from None
+
+    def _handle_reap(self, msg: Message, client: Client) -> None:
+        b = msg.body
+        try:
+            versions = [Version.from_wire(v) for v in b["versions"]]
+        except ValueError as exc:
+            raise InvalidRequest(f"reap: {exc}") from None
+        if not all(v.tombstone for v in versions):
+            raise InvalidRequest("reap: only tombstones are reaped")
+        reaped = self.store.remove(b["bucket"], b["key"], versions)
+        self._reply(client, "reap_ok", {"reaped": reaped})
+
+    def _handle_join(self, msg: Message, client: Client) -> None:
+        """Join the cluster a seed belongs to: gossip with it now, and from then on."""
+        seed = msg.body["seed"]
+        self.membership.seeds = tuple(dict.fromkeys([*self.membership.seeds, seed]))
+        if self.membership.me.status != "up":
+            self.membership.update_me(status="up")
+            self._save_identity()
+        self._gossip_once(target=seed)
+        log.info("%s: joining the cluster through %s", self.name, seed)
+        self._reply(client, "join_ok", {})
+
+    def _handle_leave(self, msg: Message, client: Client) -> None:
+        """Leave gracefully: step off the ring, hand every range over, then exit."""
+        if self.membership.me.status == "up":
+            self.membership.update_me(status="leaving")
+            self._save_identity()
+            log.info("%s: leaving; handing %d keys over before exiting", self.name,
+                     len(self.store))
+            self._tasks.append(asyncio.create_task(self._finish_leaving(), name="leave"))
+        self._reply(client, "leave_ok", {})
+
+    async def _finish_leaving(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.ae_interval)
+            if self.membership.me.status != "leaving":
+                return
+            self.anti_entropy.refresh()
+            if not self.anti_entropy.unowned(1) and not self.hints.pending():
+                break
+            await self.anti_entropy.transfer_unowned()
+        self.membership.update_me(status="removed")
+        self._save_identity()
+        for _ in range(3):  # make sure the news is out before going quiet
+            self._gossip_once()
+            await asyncio.sleep(self.config.gossip_interval / 2)
+        log.info("%s: left the cluster", self.name)
+        self.left.set()
+
+    def _handle_remove(self, msg: Message, client: Client) -> None:
+        """Remove a dead node: its tokens leave the ring; anti-entropy rebuilds its copies."""
+        name = msg.body["name"]
+        member = self.membership.get(name)
+        if member is None:
+            raise InvalidRequest(f"no member named {name!r}; see dynamo status")
+        if name == self.name:
+            raise InvalidRequest("a node cannot remove itself; use dynamo leave")
+        self.membership.merge([dataclasses.replace(member, status="removed",
+                                                   version=member.version + 1)])
+        self.liveness.forget(name)
+        log.info("%s: removed %s from the cluster", self.name, name)
+        self._reply(client, "remove_ok", {})
+
     def _handle_ping(self, msg: Message, client: Client) -> None:
         self._reply(client, "pong", {"node": self.name})
 
@@ -480,6 +592,7 @@ class Node:
             "hints_pending": self.hints.pending(), "hints_bytes": self.hints.bytes_used,
             "hints_by_target": self.hints.targets(), "hints_delivered": self.hints_delivered,
             "background": self.budget.stats(),
+            "anti_entropy": self.anti_entropy.stats(),
             "engine": self.config.storage["engine"],
             "pending_requests": self.coordinator.pending(),
             "stale_replies": self.coordinator.stale_replies,
@@ -519,6 +632,9 @@ async def run_node(node: Node, stop: asyncio.Event) -> None:
     """Run ``node`` until ``stop`` is set, then shut it down cleanly."""
     await node.start()
     try:
-        await stop.wait()
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(node.left.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
     finally:
         await node.stop()

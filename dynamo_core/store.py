@@ -7,7 +7,7 @@ that would grow a key past the sibling bound is refused (never silently trimmed)
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cbor2
 
@@ -37,6 +37,9 @@ class LocalStore:
         self.engine = engine
         self.max_siblings = max_siblings
         self.actor = actor
+        #: called as ``listener(bucket, key, old_versions, new_versions)`` after each change,
+        #: so derived state (the Merkle trees) never needs a rescan
+        self.listener: Callable[[str, str, list[Version], list[Version]], None] | None = None
 
     def state(self, bucket: str, key: str) -> tuple[list[Version], int]:
         """The versions held for the key and the highest counter this actor issued for it."""
@@ -64,7 +67,35 @@ class LocalStore:
                 f"with the context to merge them")
         record = {"versions": [v.to_wire() for v in merged], "issued": max(issued, mine)}
         self.engine.put(storage_key(bucket, key), cbor2.dumps(record))
+        if self.listener is not None and not _same_dots(held, merged):
+            self.listener(bucket, key, held, merged)
         return merged
+
+    def remove(self, bucket: str, key: str, expected: Sequence[Version]) -> bool:
+        """Delete the key if it still holds exactly ``expected`` (compared by dot).
+
+        Used when a key's copy moved to its new owners, or a tombstone was reaped: a write
+        that arrived in the meantime must not be lost, so a changed key is left alone.
+        """
+        held, issued = self.state(bucket, key)
+        if not held or not _same_dots(held, reconcile(expected)):
+            return False
+        if issued:
+            # Keep the counter: should the key come back here, no dot is ever reissued.
+            self.engine.put(storage_key(bucket, key),
+                            cbor2.dumps({"versions": [], "issued": issued}))
+        else:
+            self.engine.delete(storage_key(bucket, key))
+        if self.listener is not None:
+            self.listener(bucket, key, held, [])
+        return True
+
+    def items(self) -> Iterator[tuple[str, str, list[Version]]]:
+        """Every key with its versions (a full scan: start-up and ring changes only)."""
+        for bucket, key in self.keys():
+            versions = self.read(bucket, key)
+            if versions:
+                yield bucket, key, versions
 
     def keys(self) -> Iterator[tuple[str, str]]:
         for skey in self.engine.keys():

@@ -187,6 +187,17 @@ MAP = of_type(dict, what="a map")
 VERSIONS = Field(list_of(MAP, 1024))
 MEMBERS = Field(list_of(MAP, 4096))
 
+FACTOR = Field(integer(1, 64))
+DEPTH = Field(integer(0, 16))
+TOKEN = Field(integer(0, (1 << 128) - 1))
+def _token_range(v: Any) -> None:
+    list_of(integer(0, (1 << 128) - 1), 2)(v)
+    if len(v) != 2:
+        raise ValueError("must be a [start, end] pair of ring tokens")
+
+
+RANGE = _token_range
+
 Schema = Mapping[str, Field]
 
 #: The built-in message types. Replies are checked too: a client or peer trusts nothing.
@@ -203,18 +214,38 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     "preflist": {"bucket": BUCKET, "key": KEY},
     "ping": {},
     # node -> node
-    "replica_get": {"bucket": BUCKET, "key": KEY},
+    "replica_get": {"bucket": BUCKET, "key": KEY,
+                    # true: only this node's own replica, not what it holds as a stand-in
+                    "own": Field(of_type(bool, what="a boolean"), required=False)},
     "replica_put": {"bucket": BUCKET, "key": KEY, "versions": VERSIONS,
                     # set on a stand-in's copy: the home node it holds the write for
                     "hint": Field(text(256, lambda n: len(n) > 0, "node name"), required=False)},
     "gossip": {"members": MEMBERS},
+    # anti-entropy: compare Merkle trees of ranges both replicate, then their leaves
+    "ae_roots": {"n": FACTOR, "depth": DEPTH, "ranges": Field(list_of(RANGE, 4096))},
+    "ae_hashes": {"n": FACTOR, "depth": DEPTH, "start": TOKEN, "end": TOKEN,
+                  "level": Field(integer(0, 16)),
+                  "indices": Field(list_of(integer(0, 1 << 16), 1 << 16))},
+    "ae_keys": {"n": FACTOR, "depth": DEPTH, "start": TOKEN, "end": TOKEN,
+                "leaf": Field(integer(0, 1 << 16))},
+    # tombstone reaping: delete the key if it holds exactly these versions
+    "reap": {"bucket": BUCKET, "key": KEY, "versions": VERSIONS},
+    # membership changes asked by an operator
+    "join": {"seed": Field(text(512, lambda a: a.startswith("tcp://"), "tcp:// address"))},
+    "leave": {},
+    "remove": {"name": Field(text(256, lambda n: len(n) > 0, "node name"))},
     # replies
     "get_ok": {"siblings": Field(list_of(MAP, 1024)),
                "context": Field(of_type(bytes, what="bytes"))},
     "put_ok": {"context": Field(of_type(bytes, what="bytes"))},
     "replica_get_ok": {"versions": VERSIONS,
                        "issued": Field(integer(0, (1 << 63) - 1), required=False)},
-    "replica_put_ok": {},
+    "replica_put_ok": {"changed": Field(of_type(bool, what="a boolean"), required=False)},
+    "ae_roots_ok": {"roots": Field(list_of(None, 4096))},
+    "ae_hashes_ok": {"hashes": Field(list_of(of_type(bytes, what="bytes"), 1 << 16))},
+    "ae_keys_ok": {"keys": Field(MAP)},
+    "reap_ok": {"reaped": Field(of_type(bool, what="a boolean"))},
+    "join_ok": {}, "leave_ok": {}, "remove_ok": {},
     "gossip_ok": {"members": MEMBERS},
     "status_ok": {"status": Field(MAP)},
     "inspect_ok": {"inspect": Field(MAP)},

@@ -509,7 +509,9 @@ def test_a_forwarded_delete_travels_as_a_delete_and_leaves_a_tombstone_at_the_ho
 
 
 @pytest.mark.parametrize("fault", ["quorum", "overloaded"])
-def test_a_forwarded_put_relays_the_home_nodes_error_as_the_same_error_class(fault):
+def test_a_forwarded_put_relays_the_home_nodes_own_verdict_as_the_same_error_class(fault):
+    # A home that answers with an error of its own (not "unavailable") is alive and has
+    # coordinated the put: its verdict is the answer, and no other home is tried.
     net = Net()
     if fault == "quorum":
         net.make_failing("n2")
@@ -527,6 +529,9 @@ def test_a_forwarded_put_relays_the_home_nodes_error_as_the_same_error_class(fau
     else:
         assert type(err) is Overloaded
         assert "n1 already coordinates 0 requests" in str(err)
+    assert [s.to for s in net.sends("put")] == ["n1"], "no other home is tried"
+    assert [p for src, p in net.peer_failures if src == "n4"] == [], \
+        "a home that answered is not reported failed"
     net.assert_settled()
 
 
@@ -541,25 +546,73 @@ def test_a_forwarded_put_whose_home_fails_its_local_write_relays_that_error_unre
     net.assert_settled()
 
 
+def test_a_forwarded_put_whose_first_home_is_unavailable_succeeds_through_the_second_home(net):
+    # n1 answers every message with an "unavailable" error: the forwarder moves on to n2,
+    # which coordinates the put (issuing the dot) and replicates it to n3.
+    net.make_failing("n1")
+    client = net.start_put("n4", "k", ["book"], w=2)
+
+    body = net.ok(client, "put_ok")
+    forwards = net.sends("put", src="n4")
+    assert [s.to for s in forwards] == ["n1", "n2"]
+    assert forwards[0].body == forwards[1].body, "the same put goes to the next home"
+    assert ("n4", "n1") in net.peer_failures
+    stored = net.stores["n2"].read(BUCKET, "k")
+    assert [v.value for v in stored] == [["book"]]
+    assert stored[0].dot[0] == "actor-n2", "the second home coordinates and issues the dot"
+    assert decode_context(body["context"]).covers(stored[0].dot)
+    assert net.held_values("n3", "k") == ["['book']"]
+    assert net.stores["n1"].read(BUCKET, "k") == [] and net.stores["n4"].read(BUCKET, "k") == []
+    net.assert_settled()
+
+
+def test_a_forwarded_put_whose_first_home_is_unreachable_is_sent_to_the_next_home(net):
+    coord = net.coords["n4"]
+    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    assert fwd.to == "n1"
+    effects = coord.on_unreachable(fwd.req_id, "n1", "no address for n1", 0.0)
+    assert [type(e) for e in effects] == [PeerFailed, Send]
+    failed, retry = effects
+    assert failed == PeerFailed("n1")
+    assert (retry.to, retry.msg_type, retry.body) == ("n2", "put", fwd.body)
+    assert retry.req_id not in (None, fwd.req_id)
+    [ok] = coord.on_reply(retry.req_id, "n2", "put_ok", {"context": b"ctx"}, 0.0)
+    assert ok == Reply("c", "put_ok", {"context": b"ctx"})
+    assert coord.pending() == 0 and coord._sent == {}
+
+
 def test_a_forwarded_put_times_out_after_one_and_a_half_timeouts_when_the_home_is_silent(net):
     net.make_silent("n1", "put")
     client = net.start_put("n4", "k", "v1")
     net.tick(TIMEOUT * 1.5 - 0.001)
     assert net.answer(client) is None
+    assert net.peer_failures == []
     net.tick(TIMEOUT * 1.5 + 0.001)
     err = net.failed(client)
     assert type(err) is Timeout
     assert "n1" in str(err)
+    assert [s.to for s in net.sends("put")] == ["n1"], "a silent home is not hedged"
+    assert net.peer_failures == [("n4", "n1")]
     net.assert_settled()
 
 
-def test_a_forwarded_put_whose_home_is_unreachable_fails_as_unavailable(net):
+def test_a_forwarded_put_whose_every_home_is_unreachable_fails_as_unavailable(net):
     coord = net.coords["n4"]
     [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
-    [fail] = coord.on_unreachable(fwd.req_id, "n1", "no address for n1", 0.0)
+    req_id, failures = fwd.req_id, []
+    for home, nxt in (("n1", "n2"), ("n2", "n3")):
+        failed, retry = coord.on_unreachable(req_id, home, f"no address for {home}", 0.0)
+        failures.append(failed)
+        assert isinstance(retry, Send) and retry.to == nxt
+        req_id = retry.req_id
+    effects = coord.on_unreachable(req_id, "n3", "no address for n3", 0.0)
+    failures.append(effects[0])
+    assert failures == [PeerFailed("n1"), PeerFailed("n2"), PeerFailed("n3")]
+    [fail] = effects[1:]
+    assert isinstance(fail, Fail) and fail.client == "c"
     assert coord.pending() == 0 and coord._sent == {}
     assert type(fail.error) is Unavailable, f"got {fail.error!r}"
-    assert "no address for n1" in str(fail.error)
+    assert "no address for n3" in str(fail.error)
 
 
 def test_a_replica_the_coordinator_cannot_reach_counts_as_an_unavailable_failure(net):
@@ -567,8 +620,11 @@ def test_a_replica_the_coordinator_cannot_reach_counts_as_an_unavailable_failure
     [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
     sends = {s.to: s for s in coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)}
     assert coord.on_reply(sends["n2"].req_id, "n2", "replica_put_ok", {}, 0.0) == []
-    [fail] = coord.on_unreachable(sends["n3"].req_id, "n3", "no address known for node n3",
-                                  0.0)
+    effects = coord.on_unreachable(sends["n3"].req_id, "n3", "no address known for node n3",
+                                   0.0)
+    assert [type(e) for e in effects] == [PeerFailed, Fail]
+    failed, fail = effects
+    assert failed == PeerFailed("n3"), "the failure detector hears of the unreachable peer"
     assert type(fail.error) is QuorumNotMet
     assert "2 of 3 replicas answered, 3 required" in str(fail.error)
     assert "n3: no address known for node n3" in str(fail.error)
@@ -579,19 +635,30 @@ def test_an_unreachable_forward_target_is_named_in_the_unavailable_error(net):
     coord = net.coords["n4"]
     [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
     why = "send queue towards tcp://10.0.0.1:7000 is full"
-    [fail] = coord.on_unreachable(fwd.req_id, "n1", why, 0.0)
+    [_, to_n2] = coord.on_unreachable(fwd.req_id, "n1", "no address known for n1", 0.0)
+    [_, to_n3] = coord.on_unreachable(to_n2.req_id, "n2", "no address known for n2", 0.0)
+    effects = coord.on_unreachable(to_n3.req_id, "n3", why, 0.0)
+    [fail] = [e for e in effects if isinstance(e, Fail)]
+    assert [e for e in effects if not isinstance(e, Fail)] == [PeerFailed("n3")]
     assert type(fail.error) is Unavailable, f"got {fail.error!r}"
-    assert "forwarded to home node n1" in str(fail.error), f"got {fail.error!r}"
+    assert "put forwarded to home node n3 failed" in str(fail.error), f"got {fail.error!r}"
     assert why in str(fail.error)
+    assert "n1" not in str(fail.error) and "n2" not in str(fail.error), \
+        "the last home's failure is the one relayed"
 
 
-def test_a_forwarded_put_whose_home_answers_garbage_fails_as_unavailable(net):
+def test_a_forwarded_put_whose_homes_answer_garbage_fails_as_unavailable(net):
     coord = net.coords["n4"]
     [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
-    [fail] = coord.on_reply(fwd.req_id, "n1", "replica_put_ok", {}, 0.0)
+    # Garbage is a failed home, not a verdict: the next home is tried.
+    [to_n2] = coord.on_reply(fwd.req_id, "n1", "replica_put_ok", {}, 0.0)
+    assert (to_n2.to, to_n2.msg_type) == ("n2", "put")
+    [to_n3] = coord.on_reply(to_n2.req_id, "n2", "replica_get_ok", {}, 0.0)
+    assert (to_n3.to, to_n3.msg_type) == ("n3", "put")
+    [fail] = coord.on_reply(to_n3.req_id, "n3", "replica_put_ok", {}, 0.0)
     assert type(fail.error) is Unavailable
-    assert "put forwarded to home node n1 failed: bad reply" in str(fail.error)
-    assert coord.pending() == 0
+    assert "put forwarded to home node n3 failed: bad reply" in str(fail.error)
+    assert coord.pending() == 0 and coord._sent == {}
 
 
 def test_a_put_for_a_key_with_no_known_home_fails_at_once():
@@ -889,8 +956,12 @@ def test_replies_after_an_operation_ended_are_dropped_and_counted(net):
 def test_replies_after_a_timed_out_operation_are_dropped_and_counted(net):
     coord = net.coords["n1"]
     effects = coord.start_get("c", net.plan("k", 2), 0.0)
-    [fail] = coord.on_tick(TIMEOUT + 1)
-    assert isinstance(fail, Fail)
+    expired = coord.on_tick(TIMEOUT + 1)
+    [fail] = [e for e in expired if isinstance(e, Fail)]
+    assert isinstance(fail.error, QuorumNotMet)
+    # Every replica silent at the deadline is reported to the failure detector.
+    assert [e for e in expired if not isinstance(e, Fail)] == \
+        [PeerFailed("n1"), PeerFailed("n2"), PeerFailed("n3")]
     for s in effects:
         assert coord.on_reply(s.req_id, s.to, "replica_get_ok", {"versions": []}, 5.0) == []
     assert coord.stale_replies == 3
@@ -1078,3 +1149,405 @@ def test_a_put_whose_local_write_fails_is_refused_and_never_replicated(net):
         assert {v.dot: v.value for v in net.stores[n].read(BUCKET, "k")} == \
             {zero_dot: "zero", second_dot: "second"}
     net.assert_settled()
+
+
+# ====================================================================== sloppy quorum
+
+
+@pytest.fixture
+def sloppy() -> Net:
+    """Five nodes; every key planned over WALK: homes n1-n3, fallbacks n4 then n5."""
+    return Net(WALK, walk=WALK)
+
+
+def down_set(*nodes: str):
+    return lambda n: n in nodes
+
+
+def test_a_sloppy_plan_with_every_home_up_targets_the_homes_and_keeps_the_fallbacks_spare():
+    plan = KeyPlan.sloppy(BUCKET, "k", WALK, 3, 2, down_set())
+    assert plan.homes == plan.targets == ("n1", "n2", "n3")
+    assert plan.stand_in == {} and plan.spares == ("n4", "n5")
+    assert (plan.quorum, plan.strict) == (2, False)
+
+
+def test_a_sloppy_plan_replaces_a_home_believed_down_with_the_first_healthy_fallback():
+    plan = KeyPlan.sloppy(BUCKET, "k", WALK, 3, 2, down_set("n2"))
+    assert plan.homes == ("n1", "n2", "n3"), "the homes are the top N, down or not"
+    assert plan.targets == ("n1", "n4", "n3"), "n4 takes n2's place"
+    assert plan.stand_in == {"n4": "n2"}
+    assert plan.spares == ("n5",)
+
+
+def test_a_sloppy_plan_skips_fallbacks_believed_down_and_gives_each_down_home_its_own():
+    plan = KeyPlan.sloppy(BUCKET, "k", WALK, 3, 2, down_set("n2", "n4"))
+    assert plan.targets == ("n1", "n5", "n3")
+    assert plan.stand_in == {"n5": "n2"} and plan.spares == ()
+
+    plan = KeyPlan.sloppy(BUCKET, "k", WALK, 3, 2, down_set("n1", "n3"))
+    assert plan.targets == ("n4", "n2", "n5")
+    assert plan.stand_in == {"n4": "n1", "n5": "n3"} and plan.spares == ()
+
+
+def test_a_strict_plan_has_no_fallbacks_and_targets_the_homes_even_when_one_is_down():
+    plan = KeyPlan.sloppy(BUCKET, "k", WALK, 3, 2, down_set("n2"), strict=True)
+    assert plan.homes == plan.targets == ("n1", "n2", "n3")
+    assert plan.stand_in == {} and plan.spares == ()
+    assert plan.strict
+
+
+def test_a_plain_key_plan_targets_its_homes_with_no_stand_ins_or_spares():
+    plan = KeyPlan(BUCKET, "k", HOMES, 2)
+    assert plan.targets == HOMES and plan.stand_in == {} and plan.spares == ()
+    assert not plan.strict
+
+
+def test_a_put_with_a_home_down_succeeds_through_a_stand_in_whose_hinted_ack_counts_toward_w(
+        sloppy):
+    sloppy.down.add("n3")
+    sloppy.make_slow("n2")  # so that W=2 can only be met by n1 and the stand-in n4
+    client = sloppy.start_put("n1", "k", "v1", w=2)
+
+    body = sloppy.ok(client, "put_ok")
+    puts = {s.to: s for s in sloppy.sends("replica_put")}
+    assert sorted(puts) == ["n1", "n4"], "nothing goes to n3 (down) or n5 (spare)"
+    assert puts["n4"].body["hint"] == "n3", "the stand-in is told whose write it holds"
+    assert "hint" not in puts["n1"].body
+    assert {k: v for k, v in puts["n4"].body.items() if k != "hint"} == puts["n1"].body
+    assert [d.send.to for d in sloppy.held] == ["n2"]
+    assert "hint" not in sloppy.held[0].send.body, "a home's copy carries no hint"
+    assert sloppy.coords["n1"].hinted_writes == 1
+    # The in-test store of the stand-in simply keeps the version.
+    assert sloppy.held_values("n4", "k") == ["'v1'"]
+    [stored] = sloppy.stores["n1"].read(BUCKET, "k")
+    assert decode_context(body["context"]).covers(stored.dot)
+
+    sloppy.release("n2")
+    assert sloppy.held_values("n2", "k") == ["'v1'"]
+    assert sloppy.coords["n1"].stale_replies == 1
+    assert sloppy.peer_failures == []
+    sloppy.assert_settled()
+
+
+def test_a_put_needing_w3_with_a_home_down_counts_the_stand_in_as_a_third_replica(sloppy):
+    sloppy.down.add("n2")
+    sloppy.make_silent("n2")  # really down: anything sent there would vanish
+    sloppy.put("n1", "k", "v1", w=3)
+    assert sorted(s.to for s in sloppy.sends("replica_put")) == ["n1", "n3", "n4"]
+    for n in ("n1", "n3", "n4"):
+        assert sloppy.held_values(n, "k") == ["'v1'"]
+    sloppy.assert_settled()
+
+
+@pytest.mark.parametrize("code,reported", [("unavailable", True), ("overloaded", False)])
+def test_a_home_that_fails_mid_write_is_replaced_by_a_spare_carrying_its_hint(
+        sloppy, code, reported):
+    sloppy.make_failing("n3", "replica_put", code=code, message="n3 cannot write")
+    sloppy.put("n1", "k", "v1", w=3)  # n1, n2 and the spare n4 meet W=3
+
+    puts = [(s.to, s.body.get("hint")) for s in sloppy.sends("replica_put")]
+    assert puts == [("n1", None), ("n2", None), ("n3", None), ("n4", "n3")]
+    assert sloppy.held_values("n4", "k") == ["'v1'"]
+    assert sloppy.stores["n3"].read(BUCKET, "k") == []
+    assert sloppy.coords["n1"].hinted_writes == 1
+    # Only an unreachable peer is news for the failure detector; a busy one answered.
+    assert sloppy.peer_failures == ([("n1", "n3")] if reported else [])
+    sloppy.assert_settled()
+
+
+def test_a_spare_that_fails_too_is_replaced_by_the_next_one_still_hinting_the_home(sloppy):
+    sloppy.make_failing("n3", "replica_put")
+    sloppy.make_failing("n4", "replica_put")
+    sloppy.put("n1", "k", "v1", w=3)
+    puts = [(s.to, s.body.get("hint")) for s in sloppy.sends("replica_put")]
+    assert puts == [("n1", None), ("n2", None), ("n3", None), ("n4", "n3"), ("n5", "n3")]
+    assert sloppy.held_values("n5", "k") == ["'v1'"]
+    assert sloppy.peer_failures == [("n1", "n3"), ("n1", "n4")]
+    assert sloppy.coords["n1"].hinted_writes == 2
+    sloppy.assert_settled()
+
+
+def test_a_put_fails_only_when_the_spares_run_out_and_counts_every_node_asked(sloppy):
+    for n in ("n2", "n3", "n4"):
+        sloppy.make_failing(n, "replica_put", message=f"{n} disk on fire")
+    err = sloppy.failed(sloppy.start_put("n1", "k", "v1", w=3))
+    # n2 and n3 fail and the spares n4 and n5 are brought in; once n4 fails too, only n5
+    # is left besides n1, so W=3 is out of reach: the put fails without waiting for n5.
+    assert type(err) is QuorumNotMet
+    assert (err.op, err.answered, err.required, err.asked) == ("put", 1, 3, 5)
+    assert "1 of 5 replicas answered, 3 required" in str(err)
+    assert "n2: n2 disk on fire" in str(err) and "n4: n4 disk on fire" in str(err)
+    hinted = [(s.to, s.body["hint"]) for s in sloppy.sends("replica_put") if "hint" in s.body]
+    assert hinted == [("n4", "n2"), ("n5", "n3")]
+    sloppy.assert_settled()
+
+
+def test_a_home_silent_past_hedge_after_is_replaced_by_a_spare_and_reported_failed(sloppy):
+    coord = sloppy.coords["n1"]
+    assert coord.hedge_after == pytest.approx(TIMEOUT / 2)
+    sloppy.make_silent("n3")
+    client = sloppy.start_put("n1", "k", "v1", w=3)
+    assert sloppy.answer(client) is None
+
+    sloppy.tick(coord.hedge_after - 0.001)
+    assert sloppy.answer(client) is None
+    assert [s.to for s in sloppy.sends("replica_put")] == ["n1", "n2", "n3"]
+    assert sloppy.peer_failures == []
+
+    sloppy.tick(coord.hedge_after)
+    assert sloppy.peer_failures == [("n1", "n3")]
+    [hedge] = sloppy.sends("replica_put")[3:]
+    assert hedge.to == "n4" and hedge.body["hint"] == "n3" and hedge.req_id is not None
+    sloppy.ok(client, "put_ok")  # answered at hedge_after, well before the deadline
+    assert sloppy.now < TIMEOUT
+    assert sloppy.held_values("n4", "k") == ["'v1'"]
+    assert coord.hinted_writes == 1
+    sloppy.assert_settled()
+
+
+def test_a_silent_home_is_not_replaced_when_there_is_no_spare_and_the_put_times_out(sloppy):
+    sloppy.down.update({"n4", "n5"})  # no healthy fallback: no spares
+    sloppy.make_silent("n3")
+    client = sloppy.start_put("n1", "k", "v1", w=3)
+    sloppy.tick(sloppy.coords["n1"].hedge_after)
+    assert sloppy.answer(client) is None
+    assert sloppy.peer_failures == [], "nothing to hedge with: wait for the deadline"
+    sloppy.tick(TIMEOUT)
+    err = sloppy.failed(client)
+    assert type(err) is QuorumNotMet and "no answer from n3" in str(err)
+    assert sloppy.peer_failures == [("n1", "n3")]
+    sloppy.assert_settled()
+
+
+@pytest.mark.parametrize("fault", ["failing", "silent"])
+def test_a_strict_bucket_with_a_home_down_fails_with_quorum_not_met_naming_strictness(fault):
+    net = Net(WALK, walk=WALK, strict=True)
+    net.down.add("n3")
+    getattr(net, f"make_{fault}")("n3")
+    client = net.start_put("n1", "k", "v1", w=3)
+    if fault == "silent":
+        net.tick(net.coords["n1"].hedge_after)
+        assert net.answer(client) is None, "no spare is brought in for a strict bucket"
+        net.tick(TIMEOUT)
+    err = net.failed(client)
+    assert type(err) is QuorumNotMet
+    assert (err.answered, err.required, err.asked) == (2, 3, 3)
+    assert "strict" in str(err)
+    assert sorted(s.to for s in net.sends()) == ["n1", "n2", "n3"], \
+        "a strict bucket asks the homes, down or not, and nobody else"
+    assert all("hint" not in s.body for s in net.sends())
+    assert net.coords["n1"].hinted_writes == 0
+    net.assert_settled()
+
+
+def test_quorum_not_met_counts_the_homes_even_when_fewer_nodes_could_be_asked():
+    walk = ("n1", "n2", "n3", "n4")
+    net = Net(walk, walk=walk)
+    net.down.update({"n2", "n3"})  # one fallback (n4) for two down homes
+    assert net.plan("k", 3).targets == ("n1", "n4")
+    err = net.failed(net.start_put("n1", "k", "v1", w=3))
+    assert type(err) is QuorumNotMet
+    # The reachable nodes still answer, so the error says how many did, and why not more.
+    assert (err.answered, err.required, err.asked) == (2, 3, 3)
+    assert "2 of 3 replicas answered, 3 required" in str(err)
+    assert "n3 believed down and no stand-in available" in str(err)
+
+
+def test_a_forwarded_put_goes_first_to_a_home_believed_up(sloppy):
+    sloppy.down.add("n1")
+    client = sloppy.start_put("n5", "k", "v1", w=2)
+    sloppy.ok(client, "put_ok")
+    assert [s.to for s in sloppy.sends("put")] == ["n2"]
+    # n2 coordinates with the same view: n4 stands in for n1.
+    puts = {s.to: s.body.get("hint") for s in sloppy.sends("replica_put")}
+    assert puts == {"n2": None, "n3": None, "n4": "n1"}
+    assert sloppy.coords["n2"].hinted_writes == 1
+    assert sloppy.coords["n5"].hinted_writes == 0
+    sloppy.assert_settled()
+
+
+def test_a_get_asks_the_stand_in_for_a_home_believed_down_and_counts_its_answer(sloppy):
+    v1 = version("v1", ("x", 1))
+    v2 = version("v2", ("x", 2), {"x": 1})
+    seed(sloppy, "n1", "k", v1)
+    seed(sloppy, "n2", "k", v1)
+    seed(sloppy, "n4", "k", v2)  # the stand-in holds a newer (hinted) write
+    sloppy.down.add("n3")
+    values, ctx = sloppy.get("n1", "k", r=3)
+    assert values == ["v2"], "the stand-in's answer counts toward R"
+    assert decode_context(ctx).covers(("x", 2))
+    gets = sloppy.sends("replica_get")
+    assert sorted(s.to for s in gets) == ["n1", "n2", "n4"]
+    assert all("hint" not in s.body for s in gets), "reads carry no hint"
+    assert sloppy.coords["n1"].hinted_writes == 0
+
+
+def test_a_get_replaces_a_failing_home_with_a_spare(sloppy):
+    v1 = version("v1", ("x", 1))
+    for n in ("n1", "n2", "n4"):
+        seed(sloppy, n, "k", v1)
+    sloppy.make_failing("n3", "replica_get")
+    assert sloppy.get("n1", "k", r=3)[0] == ["v1"]
+    assert [s.to for s in sloppy.sends("replica_get")] == ["n1", "n2", "n3", "n4"]
+    assert sloppy.peer_failures == [("n1", "n3")]
+    sloppy.assert_settled()
+
+
+def test_a_get_replaces_a_home_silent_past_hedge_after_with_a_spare(sloppy):
+    v1 = version("v1", ("x", 1))
+    for n in ("n1", "n2", "n4"):
+        seed(sloppy, n, "k", v1)
+    sloppy.make_silent("n3")
+    client = sloppy.start_get("n1", "k", r=3)
+    sloppy.tick(sloppy.coords["n1"].hedge_after - 0.001)
+    assert sloppy.answer(client) is None
+    sloppy.tick(sloppy.coords["n1"].hedge_after)
+    assert [s["value"] for s in sloppy.ok(client, "get_ok")["siblings"]] == ["v1"]
+    assert [s.to for s in sloppy.sends("replica_get")] == ["n1", "n2", "n3", "n4"]
+    assert sloppy.peer_failures == [("n1", "n3")]
+    # The answered get lingers for the silent home until the deadline; the hedged-out
+    # home is not reported a second time.
+    sloppy.tick(TIMEOUT)
+    assert sloppy.peer_failures == [("n1", "n3")]
+    sloppy.assert_settled()
+
+
+def test_a_strict_get_uses_no_stand_in_and_no_spare():
+    net = Net(WALK, walk=WALK, strict=True)
+    net.down.add("n3")
+    net.make_failing("n3")
+    err = net.failed(net.start_get("n1", "k", r=3))
+    assert type(err) is QuorumNotMet and "strict" in str(err)
+    assert sorted(s.to for s in net.sends("replica_get")) == ["n1", "n2", "n3"]
+
+
+def test_read_repair_never_sends_to_a_stand_in_only_to_stale_homes(sloppy):
+    v1 = version("v1", ("x", 1))
+    v2 = version("v2", ("x", 2), {"x": 1})
+    seed(sloppy, "n1", "k", v2)
+    seed(sloppy, "n2", "k", v1)  # a stale home
+    sloppy.down.add("n3")        # n4 stands in for n3 and holds nothing: stale too
+    assert sloppy.get("n1", "k", r=3)[0] == ["v2"]
+    [repair] = sloppy.sends("replica_put")
+    assert repair.to == "n2" and repair.req_id is None and "hint" not in repair.body
+    assert sloppy.stores["n4"].read(BUCKET, "k") == [], "a stand-in holds hints, not replicas"
+    assert sloppy.coords["n1"].read_repairs == 1
+    sloppy.assert_settled()
+
+
+def test_read_repair_never_sends_to_a_spare_brought_in_mid_get(sloppy):
+    v2 = version("v2", ("x", 2), {"x": 1})
+    seed(sloppy, "n1", "k", v2)
+    seed(sloppy, "n2", "k", v2)
+    sloppy.make_failing("n3", "replica_get")  # n4 is brought in, and holds nothing
+    assert sloppy.get("n1", "k", r=3)[0] == ["v2"]
+    assert "n4" in [s.to for s in sloppy.sends("replica_get")]
+    assert sloppy.sends("replica_put") == []
+    assert sloppy.coords["n1"].read_repairs == 0
+    sloppy.assert_settled()
+
+
+def test_a_resolving_get_writes_the_merge_back_to_the_targets_with_hints_to_stand_ins(sloppy):
+    sloppy.down.add("n3")
+    sloppy.put("n1", "cart", ["book"], w=3)
+    sloppy.put("n2", "cart", ["pen"], w=3)  # concurrent: two siblings on n1, n2 and n4
+    assert len(sloppy.stores["n4"].read(BUCKET, "cart")) == 2
+    sloppy.sent.clear()
+
+    body = sloppy.ok(sloppy.start_get("n1", "cart", r=2, resolver=SortedUnion()), "get_ok")
+    assert [s["value"] for s in body["siblings"]] == [["book", "pen"]]
+    write_backs = {s.to: s for s in sloppy.sends("replica_put", one_way=True)}
+    assert sorted(write_backs) == ["n1", "n2", "n4"], "the merge goes where a put would"
+    assert write_backs["n4"].body["hint"] == "n3"
+    assert "hint" not in write_backs["n1"].body and "hint" not in write_backs["n2"].body
+    assert write_backs["n4"].body["versions"] == write_backs["n1"].body["versions"]
+    for n in ("n1", "n2", "n4"):
+        assert sloppy.held_values(n, "cart") == ["['book', 'pen']"]
+    assert sloppy.stores["n3"].read(BUCKET, "cart") == []
+    sloppy.assert_settled()
+
+
+def test_hinted_writes_counts_every_replica_put_sent_with_a_hint(sloppy):
+    coord = sloppy.coords["n1"]
+    sloppy.put("n1", "a", 1)
+    assert coord.hinted_writes == 0, "no stand-in, no hint"
+    sloppy.down.add("n3")
+    sloppy.put("n1", "b", 2, w=3)
+    assert coord.hinted_writes == 1
+    sloppy.get("n1", "b", r=3)
+    assert coord.hinted_writes == 1, "a read is not a hinted write"
+    sloppy.make_failing("n2", "replica_put")
+    sloppy.put("n1", "c", 3, w=3)  # n4 stands in for n3, and the spare n5 for n2
+    assert coord.hinted_writes == 3
+    hinted = [(s.to, s.body["hint"]) for s in sloppy.sends("replica_put") if "hint" in s.body]
+    assert hinted == [("n4", "n3"), ("n4", "n3"), ("n5", "n2")]
+    assert sum(c.hinted_writes for c in sloppy.coords.values()) == len(hinted)
+
+
+# ====================================================================== known bugs
+
+
+def test_a_put_waiting_on_its_own_write_reports_no_peer_it_never_contacted(net):
+    net.make_silent("n1", "replica_put")
+    client = net.start_put("n1", "k", "v1", w=2)
+    net.tick(TIMEOUT)
+    assert type(net.failed(client)) is QuorumNotMet
+    assert [s.to for s in net.sends()] == ["n1"], "n2 and n3 were never sent anything"
+    reported = {peer for _, peer in net.peer_failures}
+    assert not reported & {"n2", "n3"}, f"never-contacted peers reported failed: {reported}"
+
+
+def test_a_put_waiting_on_its_own_write_reports_each_peer_at_most_once(sloppy):
+    sloppy.make_slow("n1", "replica_put")
+    client = sloppy.start_put("n1", "k", "v1", w=2)
+    hedge = sloppy.coords["n1"].hedge_after
+    for i in range(5):
+        sloppy.tick(hedge + i * 0.02)
+    assert sloppy.answer(client) is None
+    peers = [peer for _, peer in sloppy.peer_failures]
+    assert len(peers) == len(set(peers)), f"peers reported repeatedly: {peers}"
+
+
+def test_a_spare_brought_in_at_the_hedge_is_not_hedged_out_on_the_next_tick(sloppy):
+    sloppy.make_silent("n3")
+    sloppy.make_slow("n4")  # the spare is slow, not dead
+    client = sloppy.start_put("n1", "k", "v1", w=3)
+    hedge = sloppy.coords["n1"].hedge_after
+    sloppy.tick(hedge)
+    assert [s.to for s in sloppy.sends("replica_put")][3:] == []  # n4 is held (slow)
+    assert [d.send.to for d in sloppy.held] == ["n4"]
+    sloppy.tick(hedge + 0.02)  # one runtime tick later
+    assert ("n1", "n4") not in sloppy.peer_failures, "n4 was silent for 20 ms, not 500"
+    assert [d.send.to for d in sloppy.held] == ["n4"], "n5 brought in after 20 ms"
+    sloppy.release("n4")
+    sloppy.ok(client, "put_ok")
+
+
+def test_a_forward_whose_last_home_answers_garbage_reports_that_not_an_earlier_error(net):
+    coord = net.coords["n4"]
+    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    unavailable = errors.to_wire(Unavailable("n1 is shutting down"))
+    [_, to_n2] = coord.on_reply(fwd.req_id, "n1", "error", unavailable, 0.0)
+    [to_n3] = coord.on_reply(to_n2.req_id, "n2", "replica_put_ok", {}, 0.0)
+    [fail] = coord.on_reply(to_n3.req_id, "n3", "replica_put_ok", {}, 0.0)
+    assert "put forwarded to home node n3 failed: bad reply" in str(fail.error), \
+        f"got {fail.error!r}"
+
+
+def test_a_strict_buckets_forwarded_put_goes_first_to_a_home_believed_up():
+    net = Net(WALK, walk=WALK, strict=True)
+    net.down.add("n1")
+    net.start_put("n5", "k", "v1", w=2)
+    assert [s.to for s in net.sends("put")][:1] == ["n2"]
+
+
+def test_hinted_writes_counts_a_resolver_write_back_to_a_stand_in(sloppy):
+    sloppy.down.add("n3")
+    sloppy.put("n1", "cart", ["book"], w=3)
+    sloppy.put("n2", "cart", ["pen"], w=3)
+    before = sloppy.coords["n1"].hinted_writes
+    sloppy.sent.clear()
+    sloppy.get("n1", "cart", r=2, resolver=SortedUnion())
+    assert [s.to for s in sloppy.sends("replica_put", one_way=True) if "hint" in s.body] == \
+        ["n4"]
+    assert sloppy.coords["n1"].hinted_writes == before + 1

@@ -292,11 +292,21 @@ def test_to_wire_and_from_wire_round_trip(clock: Clock, rnd) -> None:
 
 @FAST
 @given(built_clocks())
-def test_the_wire_form_names_each_event_once(built: Built) -> None:
+def test_the_wire_form_is_compact(built: Built) -> None:
+    """Each event is named once, and a dot the vector could absorb is folded into it."""
     wire = built.clock.to_wire()
     named = [(e[0], e[1]) for e in wire]
     assert len(named) == len(set(named)) == len(built.clock)
-    assert {(e[0], e[1]) for e in wire if len(e) == 4} <= built.events
+    vector = {e[0]: e[1] for e in wire if len(e) == 3}
+    for actor, counter, *_ in (e for e in wire if len(e) == 4):
+        assert (actor, counter) in built.events
+        assert counter > vector.get(actor, 0) + 1  # isolated: not next to the vector
+
+
+def test_contiguous_events_fold_into_the_vector_in_any_order() -> None:
+    clock = Clock.empty().add(("a", 3), 3.0).add(("a", 1), 1.0).add(("a", 2), 2.0)
+    assert clock == Clock.of({"a": 3})
+    assert clock.to_wire() == [["a", 3, 3.0]]  # the newest stamp stays, for truncation
 
 
 BAD_CLOCKS = {

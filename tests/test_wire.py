@@ -589,6 +589,21 @@ VALID_BODIES: dict[str, dict] = {
     "preflist_ok": {"preflist": {"key": "alice", "nodes": [{"name": "n1", "role": "home"}]}},
     "pong": {"node": "n1"},
     "error": {"code": "wire_error", "message": "frame is not a valid CBOR item"},
+    "ae_roots": {"n": 3, "depth": 6, "ranges": [[2 ** 127, 5], [5, 2 ** 100]]},
+    "ae_hashes": {"n": 3, "depth": 6, "start": 5, "end": 2 ** 100, "level": 1,
+                  "indices": [0, 1]},
+    "ae_keys": {"n": 3, "depth": 6, "start": 5, "end": 2 ** 100, "leaf": 63},
+    "reap": {"bucket": "carts", "key": "alice", "versions": []},
+    "join": {"seed": "tcp://127.0.0.1:7101"},
+    "leave": {},
+    "remove": {"name": "n4"},
+    "ae_roots_ok": {"roots": [b"\x00" * 16, None]},
+    "ae_hashes_ok": {"hashes": [b"\x01" * 16, b"\x02" * 16]},
+    "ae_keys_ok": {"keys": {"carts/alice": b"\x03" * 16}},
+    "reap_ok": {"reaped": True},
+    "join_ok": {},
+    "leave_ok": {},
+    "remove_ok": {},
 }
 
 
