@@ -32,12 +32,25 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from . import errors
-from .errors import (DynamoError, InvalidRequest, Overloaded, QuorumNotMet, Timeout,
-                     Unavailable)
+from .errors import (
+    DynamoError,
+    InvalidRequest,
+    Overloaded,
+    QuorumNotMet,
+    Timeout,
+    Unavailable,
+)
 from .hookspecs import Resolver, Sibling
-from .versions import (Clock, Version, context_of, decode_context, encode_context, live,
-                       next_dot, reconcile)
-
+from .versions import (
+    Clock,
+    Version,
+    context_of,
+    decode_context,
+    encode_context,
+    live,
+    next_dot,
+    reconcile,
+)
 
 # ====================================================================== effects
 

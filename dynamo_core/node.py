@@ -23,12 +23,12 @@ from typing import Any, Callable
 import cbor2
 
 from . import errors
+from .admission import BackgroundBudget
+from .antientropy import AntiEntropy
 from .config import Config
 from .coordinator import Coordinator, Effect, Fail, KeyPlan, PeerFailed, Reply, Send
 from .errors import DynamoError, InvalidRequest, WireError
-from .admission import BackgroundBudget
-from .antientropy import AntiEntropy
-from .handoff import HandoffPlanner, Hint, HintStore
+from .handoff import HandoffPlanner, HintStore
 from .liveness import Liveness
 from .membership import Member, Membership
 from .plugins import Registry, make_plugin_manager
@@ -51,14 +51,6 @@ class Client:
     req_id: int | None
     #: when the request arrived: foreground latency feeds background admission control
     arrived: float = 0.0
-
-
-@dataclass
-class _Delivery:
-    """A hint on its way to its home node, waiting for the acknowledgement."""
-
-    hint: Hint
-    deadline: float
 
 
 class Node:
@@ -89,10 +81,9 @@ class Node:
         self.handoff = HandoffPlanner()
         self.budget = BackgroundBudget(config.bg_rate, config.bg_burst,
                                        config.bg_max_concurrent, config.bg_latency_target)
-        self._deliveries: dict[int, _Delivery] = {}
-        #: request id -> future of a background request (anti-entropy, transfers)
+        #: request id -> future of a background request (handoff, anti-entropy, transfers)
         self._calls: dict[int, asyncio.Future] = {}
-        self._delivery_ids = iter(range(1 << 62, 1 << 63))
+        self._call_ids = iter(range(1 << 62, 1 << 63))
         self.hints_delivered = 0
         self.membership = Membership(me, self.strategy, config.partitioning, seeds)
         self.coordinator = Coordinator(name, self.actor,
@@ -169,7 +160,7 @@ class Node:
         address = self.membership.address_of(peer)
         if address is None:
             raise errors.Unavailable(f"no address known for node {peer}")
-        req_id = next(self._delivery_ids)
+        req_id = next(self._call_ids)
         future = asyncio.get_running_loop().create_future()
         self._calls[req_id] = future
         try:
@@ -212,7 +203,6 @@ class Node:
             await asyncio.sleep(TICK_SECONDS)
             now = time.time()
             self._run(self.coordinator.on_tick(now))
-            self._expire_deliveries(now)
 
     async def _gossip_loop(self) -> None:
         interval = self.config.gossip_interval
@@ -254,55 +244,38 @@ class Node:
     async def _handoff_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.handoff_interval)
-            self._handoff_once(time.time())
+            now = time.time()
+            expired = self.hints.expire(now)
+            if expired:
+                log.warning("%s: %d hints expired undelivered after %gs; anti-entropy "
+                            "repairs their keys", self.name, expired,
+                            self.config.handoff_max_age)
+            is_up = lambda t: (not self.liveness.is_down(t, now)  # noqa: E731
+                               and self.membership.address_of(t) is not None)
+            for target in self.handoff.due(self.hints.targets(), is_up, now):
+                self.handoff.started(target)
+                self._tasks.append(asyncio.create_task(self._deliver_hints(target)))
+            self._tasks = [t for t in self._tasks if not t.done()]
 
-    def _handoff_once(self, now: float) -> None:
-        """Deliver hints to homes that are reachable again, within the background budget."""
-        expired = self.hints.expire(now)
-        if expired:
-            log.warning("%s: %d hints expired undelivered after %gs; anti-entropy will "
-                        "repair their keys", self.name, expired, self.config.handoff_max_age)
-        busy = {d.hint.target for d in self._deliveries.values()}
-        is_up = lambda t: (t not in busy and not self.liveness.is_down(t, now)  # noqa: E731
-                           and self.membership.address_of(t) is not None)
-        for target in self.handoff.due(self.hints.targets(), is_up, now):
-            self.handoff.started(target)
-            sent = 0
-            for hint in self.hints.batch(target, self.config.handoff_batch):
-                if not self.budget.try_start(now):
-                    break
-                self._deliver(hint, now)
-                sent += 1
-            if not sent:
-                self.handoff.finished(target, True, now)
-
-    def _deliver(self, hint: Hint, now: float) -> None:
-        req_id = next(self._delivery_ids)
-        self._deliveries[req_id] = _Delivery(hint, now + self.config.request_timeout)
-        address = self.membership.address_of(hint.target)
-        body = {"bucket": hint.bucket, "key": hint.key,
-                "versions": [v.to_wire() for v in hint.versions]}
-        try:
-            assert address is not None
-            self.transport.send(address, self.codec.encode("replica_put", body, req_id,
-                                                           self.name))
-        except (SendFailed, WireError, AssertionError):
-            self._delivery_answered(req_id, False, now)
-
-    def _delivery_answered(self, req_id: int, ok: bool, now: float) -> None:
-        delivery = self._deliveries.pop(req_id)
-        self.budget.done()
-        target = delivery.hint.target
-        if ok and self.hints.delivered(delivery.hint):
-            self.hints_delivered += 1
-        if not ok:
-            self.liveness.request_failed(target, now)
-        if not any(d.hint.target == target for d in self._deliveries.values()):
-            self.handoff.finished(target, ok, now)
-
-    def _expire_deliveries(self, now: float) -> None:
-        for req_id in [r for r, d in self._deliveries.items() if now >= d.deadline]:
-            self._delivery_answered(req_id, False, now)
+    async def _deliver_hints(self, target: str) -> None:
+        """Hand one batch of hints to a home that is back; delete each once acknowledged."""
+        ok = True
+        for hint in self.hints.batch(target, self.config.handoff_batch):
+            while not self.budget.try_start(time.time()):
+                await asyncio.sleep(0.01)
+            try:
+                await self.call(target, "replica_put", {
+                    "bucket": hint.bucket, "key": hint.key,
+                    "versions": [v.to_wire() for v in hint.versions]})
+            except DynamoError as exc:
+                log.debug("%s: handoff to %s paused: %s", self.name, target, exc)
+                ok = False
+                break
+            finally:
+                self.budget.done()
+            if self.hints.delivered(hint):
+                self.hints_delivered += 1
+        self.handoff.finished(target, ok, time.time())
 
     # ================================================================== incoming
 
@@ -357,8 +330,6 @@ class Node:
             future = self._calls.pop(msg.id)
             if not future.done():
                 future.set_result(msg)
-        elif msg.id in self._deliveries:
-            self._delivery_answered(msg.id, msg.type == "replica_put_ok", time.time())
         elif msg.sender is not None:
             self._run(self.coordinator.on_reply(msg.id, msg.sender, msg.type, msg.body,
                                                 time.time()))

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from dynamo_core.hookspecs import Resolver, Sibling, hookimpl
 from dynamo_resolvers._common import by_version, canonical, is_number
+
+from dynamo_core.hookspecs import Resolver, Sibling, hookimpl
 
 
 def is_quantity_map(value: Any) -> bool:

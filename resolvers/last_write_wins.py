@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from dynamo_core.hookspecs import Resolver, Sibling, hookimpl
 from dynamo_resolvers._common import latest
+
+from dynamo_core.hookspecs import Resolver, Sibling, hookimpl
 
 
 class LastWriteWins:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from dynamo_core.hookspecs import Resolver, Sibling, hookimpl
 from dynamo_resolvers._common import is_number, latest, version_key
+
+from dynamo_core.hookspecs import Resolver, Sibling, hookimpl
 
 
 def score_of(value: Any) -> int | float | None:
