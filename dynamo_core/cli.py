@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 from . import config as config_mod
@@ -111,13 +112,24 @@ def cmd_status(args: argparse.Namespace) -> str:
         status = c.status(args.node)
     if args.json:
         return _dump(status)
-    rows = [[m["name"], m["address"], m["state"], m["status"], m["tokens"],
-             f"{100 * m['ownership']:.1f}%"] for m in status["members"]]
+    now = time.time()
+    rows = [[m["name"], m["address"], m["state"], _ago(m.get("since"), now), m["status"],
+             m["tokens"], f"{100 * m['ownership']:.1f}%"] for m in status["members"]]
+    ae = status.get("anti_entropy", {})
     return "\n".join([
-        f"node {status['node']} ({status['address']}), engine {status['engine']}",
-        f"keys held: {status['keys']}   hints pending: {status['hints_pending']}   "
+        f"node {status['node']} ({status['address']}), engine {status['engine']}, "
+        f"failure detector {status.get('failure_detector', '?')}",
+        f"keys held: {status['keys']}   hints pending: {status['hints_pending']} "
+        f"(delivered {status.get('hints_delivered', 0)})   "
         f"open requests: {status['pending_requests']}   read repairs: {status['read_repairs']}",
-        "", _table(rows, ["NAME", "ADDRESS", "STATE", "STATUS", "TOKENS", "OWNS"])])
+        f"anti-entropy: {ae.get('exchanges', 0)} exchanges, {ae.get('keys_sent', 0)} keys "
+        f"sent, {ae.get('keys_fetched', 0)} fetched, {ae.get('keys_handed_off', 0)} handed "
+        f"off, {ae.get('tombstones_reaped', 0)} tombstones reaped",
+        "", _table(rows, ["NAME", "ADDRESS", "STATE", "SINCE", "STATUS", "TOKENS", "OWNS"])])
+
+
+def _ago(when: float | None, now: float) -> str:
+    return "-" if when is None else f"{max(0.0, now - when):.0f}s ago"
 
 
 def cmd_inspect(args: argparse.Namespace) -> str:

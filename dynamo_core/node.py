@@ -441,9 +441,7 @@ class Node:
                 log.warning("%s: hint for %s refused: %s", self.name, home, exc)
                 raise
             return "replica_put_ok", {"changed": True}
-        before = self.store.read(bucket, key)
-        after = self.store.apply(bucket, key, incoming)
-        return "replica_put_ok", {"changed": [v.dot for v in before] != [v.dot for v in after]}
+        return "replica_put_ok", {"changed": self.store.apply(bucket, key, incoming)}
 
     def _handle_replica_get(self, msg: Message, client: Client) -> None:
         self._reply(client, *self._serve_replica(msg.type, msg.body))

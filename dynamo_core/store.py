@@ -53,13 +53,14 @@ class LocalStore:
     def read(self, bucket: str, key: str) -> list[Version]:
         return self.state(bucket, key)[0]
 
-    def apply(self, bucket: str, key: str, incoming: Sequence[Version]) -> list[Version]:
-        """Fold ``incoming`` into the key's versions; returns what is held afterwards."""
+    def apply(self, bucket: str, key: str, incoming: Sequence[Version]) -> bool:
+        """Fold ``incoming`` into the key's versions; True if what is held changed."""
         held, issued = self.state(bucket, key)
         merged = reconcile([*held, *incoming])
         mine = max((v.dot[1] for v in incoming if v.dot[0] == self.actor), default=0)
-        if _same_dots(held, merged) and mine <= issued:
-            return held
+        changed = not _same_dots(held, merged)
+        if not changed and mine <= issued:
+            return False
         if len(merged) > self.max_siblings and len(merged) > len(held):
             raise Overloaded(
                 f"key {key!r} in bucket {bucket!r} would have {len(merged)} siblings, more "
@@ -67,9 +68,9 @@ class LocalStore:
                 f"with the context to merge them")
         record = {"versions": [v.to_wire() for v in merged], "issued": max(issued, mine)}
         self.engine.put(storage_key(bucket, key), cbor2.dumps(record))
-        if self.listener is not None and not _same_dots(held, merged):
+        if self.listener is not None and changed:
             self.listener(bucket, key, held, merged)
-        return merged
+        return changed
 
     def remove(self, bucket: str, key: str, expected: Sequence[Version]) -> bool:
         """Delete the key if it still holds exactly ``expected`` (compared by dot).
