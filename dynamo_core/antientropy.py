@@ -8,25 +8,36 @@ fewer nodes than one with N=3):
   both replicate in a single round trip; descend only into ranges whose roots differ, and
   only into differing subtrees; exchange only the keys whose version sets differ.
 * **range transfer**: keys this node holds but no longer replicates (a node joined, or this
-  node is leaving) are pushed to the key's current replicas and dropped once every one of
-  them acknowledged. A node that was removed is rebuilt the same way, by anti-entropy
-  among the remaining replicas.
+  node is leaving) are handed to the range's current replicas and dropped once every one of
+  them holds them. It is the same comparison, one way: the keys held of a range make a
+  throwaway tree, compared with each replica's tree of that range, so a replica that
+  already holds them all confirms it with one root and only the keys a replica lacks move.
+  A node that was removed is rebuilt by anti-entropy among the remaining replicas.
 * **tombstone reaping**: a key whose only version is a tombstone, older than the grace
   period, is deleted everywhere once every home replica holds exactly that tombstone.
 
-All of it runs under the node's background budget (paper 6.5), one task at a time per
-kind. The tree arithmetic is the pure :mod:`merkle` module; this one sequences messages.
+All of it runs under the node's background budget (paper 6.5). The tree arithmetic is the
+pure :mod:`merkle` module; this one sequences messages.
+
+No round scans storage. Storage is scanned once when the ring changes (the trees are rebuilt
+then anyway); between ring changes the store's change listener keeps, next to the trees,
+the keys held but not replicated here (by range) and the keys held only as tombstones, so a
+round looks at exactly the keys it has work for and never stalls the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import DynamoError
 from .hookspecs import Resolver  # noqa: F401 - re-exported type context for readers
-from .merkle import Descent, RangeTrees, diff_leaf, key_digest, key_id
+from .merkle import Descent, MerkleTree, RangeTrees, diff_leaf, key_digest, key_id
 from .ring import Ring, key_hash
 from .store import split_storage_key
 from .versions import Version, reconcile
@@ -36,16 +47,47 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+R = TypeVar("R")
+#: A range at a replication factor: ``(n, start, end)``.
+Slot = tuple[int, int, int]
+
 #: Ranges whose roots are compared in one message.
 ROOTS_PER_MESSAGE = 512
-#: Keys moved per round of range transfer.
-TRANSFER_BATCH = 64
+#: Keys handed over per round of range transfer (whole ranges, at least one).
+TRANSFER_KEYS = 1024
+#: Tombstones looked at per round of reaping.
+REAP_BATCH = 256
+#: After a transfer round that dropped nothing (a replica is down, say), the next one waits
+#: this many anti-entropy intervals, at least TRANSFER_BACKOFF_MIN seconds.
+TRANSFER_BACKOFF_ROUNDS = 4
+TRANSFER_BACKOFF_MIN = 0.5
+#: Seconds before a tombstone that could not be reaped yet is looked at again.
+REAP_RETRY = 1.0
+#: A replica that does not replicate a range in its view of the ring has not heard of the
+#: change yet: its keys wait this many gossip intervals (at least VIEW_WAIT_MIN seconds)
+#: for gossip to bring it up to date, then are pushed to it regardless.
+VIEW_WAIT_ROUNDS = 10
+VIEW_WAIT_MIN = 2.0
 
 
 def ring_ranges(ring: Ring) -> list[tuple[int, int]]:
     """Every token range ``(previous token, token]`` of the ring."""
     tokens = sorted(t for node in ring.nodes for t in ring.tokens_of(node))
     return [(tokens[i - 1], t) for i, t in enumerate(tokens)] if tokens else []
+
+
+@dataclass
+class _Handover:
+    """The keys of one range this node holds but no longer replicates, on their way out."""
+
+    n: int
+    #: a tree of just these keys, shaped like the replicas' tree of the range
+    tree: MerkleTree
+    #: key id -> the versions held here (what may be dropped once every replica has them)
+    held: dict[str, list[Version]]
+    replicas: list[str]
+    confirmed: set[str] = field(default_factory=set)
 
 
 class AntiEntropy:
@@ -57,10 +99,29 @@ class AntiEntropy:
         self.trees: dict[int, RangeTrees] = {}
         #: replication factor -> range -> replicas (in preference order)
         self.replicas: dict[int, dict[tuple[int, int], list[str]]] = {}
+        #: the ring's tokens, sorted: the range of any key
+        self._tokens: list[int] = []
+        #: the peers sharing at least one range with this node
+        self._peer_names: list[str] = []
+        #: range -> key ids (in arrival order) held here in ranges this node does not replicate
+        self._unowned: dict[Slot, dict[str, None]] = {}
+        #: key id -> newest timestamp, for keys replicated here held only as tombstones
+        self._tombstones: dict[str, float] = {}
+        #: (when to look at it, key id): the reaping schedule of :attr:`_tombstones`
+        self._reap_queue: list[tuple[float, str]] = []
+        #: peer -> since when it has been seen on another ring than this node's
+        self._lagging: dict[str, float] = {}
+        #: one range transfer at a time (the background loop and a leave both run one)
+        self._transfer_lock = asyncio.Lock()
+        #: no transfer round before this time (see TRANSFER_BACKOFF_ROUNDS)
+        self._transfer_after = 0.0
         self._peer_turn = 0
         self.keys_sent = 0
         self.keys_fetched = 0
         self.keys_handed_off = 0
+        #: every key whose versions crossed the wire in a transfer this node made, whether
+        #: or not it changed the receiver (keys_sent/fetched/handed_off count only changes)
+        self.keys_shipped = 0
         self.tombstones_reaped = 0
         self.exchanges = 0
         node.store.listener = self._on_store_change
@@ -72,29 +133,82 @@ class AntiEntropy:
         return sorted({config.n, *(b.n for b in config.buckets.values())})
 
     def refresh(self) -> None:
-        """Rebuild the trees when the ring changed (a join, a leave, a removal)."""
+        """Rebuild the trees when the ring changed (a join, a leave, a removal).
+
+        The only full scan of storage: the unowned keys and the tombstones are filed again
+        from it too, and kept up to date by the store's listener from then on.
+        """
         ring = self.node.membership.ring
         if ring is self._ring:
             return
         self._ring = ring
         me = self.node.name
         ranges = ring_ranges(ring)
+        self._tokens = [end for _, end in ranges]
         self.replicas = {n: {r: ring.preference_list(r[1], n) for r in ranges}
                          for n in self.factors()}
         self.trees = {n: RangeTrees([r for r, reps in by_range.items() if me in reps],
                                     self.depth)
                       for n, by_range in self.replicas.items()}
+        self._peer_names = sorted({p for by_range in self.replicas.values()
+                                   for reps in by_range.values() if me in reps
+                                   for p in reps if p != me})
+        items = list(self.node.store.items())
         per_factor: dict[int, list] = {n: [] for n in self.trees}
-        for bucket, key, versions in self.node.store.items():
+        for bucket, key, versions in items:
             per_factor[self.node.config.bucket(bucket).n].append((bucket, key, versions))
-        for n, items in per_factor.items():
-            self.trees[n].rebuild(items)
+        for n, factor_items in per_factor.items():
+            self.trees[n].rebuild(factor_items)
+        self._unowned.clear()
+        self._tombstones.clear()
+        self._reap_queue.clear()
+        for bucket, key, versions in items:
+            self._classify(bucket, key, versions)
+
+    def _owned(self, bucket: str, key: str) -> bool:
+        """Whether this node replicates the key: its range has a tree here."""
+        trees = self.trees.get(self.node.config.bucket(bucket).n)
+        return trees is not None and trees.tree_for(key_hash(bucket, key)) is not None
+
+    def _range_of(self, h: int) -> tuple[int, int]:
+        """The ring range ``(previous token, token]`` hash ``h`` falls in (``(0, 0)``: no ring)."""
+        tokens = self._tokens
+        if not tokens:
+            return 0, 0
+        i = bisect_left(tokens, h)
+        if i == len(tokens):
+            i = 0
+        return tokens[i - 1], tokens[i]
+
+    def _slot(self, bucket: str, key: str) -> Slot:
+        return (self.node.config.bucket(bucket).n, *self._range_of(key_hash(bucket, key)))
+
+    def _classify(self, bucket: str, key: str, versions: Sequence[Version]) -> None:
+        """File the key as unowned (to hand over) or tombstone (to reap), or neither."""
+        kid = key_id(bucket, key)
+        owned = bool(versions) and self._owned(bucket, key)
+        slot = self._slot(bucket, key)
+        if versions and not owned:
+            self._unowned.setdefault(slot, {})[kid] = None
+        elif (group := self._unowned.get(slot)) is not None:
+            group.pop(kid, None)
+            if not group:
+                del self._unowned[slot]
+        if owned and all(v.tombstone for v in versions):
+            newest = max(v.timestamp for v in versions)
+            if self._tombstones.get(kid) != newest:
+                self._tombstones[kid] = newest
+                self._schedule_reap(newest + self.node.config.tombstone_grace, kid)
+        else:
+            self._tombstones.pop(kid, None)
 
     def _on_store_change(self, bucket: str, key: str, old: list[Version],
                          new: list[Version]) -> None:
         trees = self.trees.get(self.node.config.bucket(bucket).n)
         if trees is not None:
             trees.update(bucket, key, old, new)
+        if self._ring is not None:
+            self._classify(bucket, key, new)
 
     def _tree(self, body: dict[str, Any]):
         trees = self.trees.get(body["n"])
@@ -134,13 +248,12 @@ class AntiEntropy:
                 await self.reap_tombstones()
             except DynamoError as exc:
                 log.debug("%s: background round cut short: %s", self.node.name, exc)
+            except Exception:  # a peer's odd answer must not end anti-entropy for good
+                log.warning("%s: background round failed", self.node.name, exc_info=True)
 
     def _peers(self) -> list[str]:
-        me = self.node.name
         now = self.node.now()
-        peers = {p for by_range in self.replicas.values() for reps in by_range.values()
-                 for p in reps if me in reps and p != me}
-        return sorted(p for p in peers if not self.node.liveness.is_down(p, now))
+        return [p for p in self._peer_names if not self.node.liveness.is_down(p, now)]
 
     async def exchange_with_next_peer(self) -> None:
         peers = self._peers()
@@ -155,6 +268,9 @@ class AntiEntropy:
         """Compare every range shared with ``peer`` at factor ``n``; repair what differs."""
         trees = self.trees[n]
         shared = [r for r in trees.ranges() if peer in self.replicas[n][r]]
+        # A random order: two replicas repairing a third at once rarely meet on one range,
+        # so a key it lacks is seldom shipped to it twice.
+        self.node.rng.shuffle(shared)
         for i in range(0, len(shared), ROOTS_PER_MESSAGE):
             chunk = shared[i:i + ROOTS_PER_MESSAGE]
             reply = await self._call(peer, "ae_roots", {
@@ -165,7 +281,10 @@ class AntiEntropy:
                 if root is not None and tree is not None and tree.root() != root:
                     await self._repair_range(peer, n, tree)
 
-    async def _repair_range(self, peer: str, n: int, tree) -> None:
+    async def _repair_range(self, peer: str, n: int, tree: MerkleTree,
+                            handing_off: bool = False) -> None:
+        """Descend where ``tree`` and the peer's tree of its range differ; at the bottom
+        send the keys the peer lacks and (unless handing off) fetch the ones this lacks."""
         where = {"n": n, "depth": self.depth, "start": tree.start, "end": tree.end}
         descent = Descent(tree)
         while not descent.done:
@@ -173,18 +292,26 @@ class AntiEntropy:
             reply = await self._call(peer, "ae_hashes", {**where, "level": level,
                                                         "indices": indices})
             descent.receive(reply["hashes"])
-        for leaf in descent.leaves:
+
+        async def repair_leaf(leaf: int) -> None:
             theirs = (await self._call(peer, "ae_keys", {**where, "leaf": leaf}))["keys"]
             send, fetch = diff_leaf(tree.leaf_keys(leaf), theirs)
-            await self._send_keys(peer, send)
-            await self._fetch_keys(peer, fetch)
+            await self._send_keys(peer, send, handing_off)
+            if not handing_off:
+                await self._fetch_keys(peer, fetch)
 
-    async def _send_keys(self, peer: str, kids: Sequence[str]) -> None:
+        await self._each(repair_leaf, descent.leaves)
+
+    async def _send_keys(self, peer: str, kids: Sequence[str],
+                         handing_off: bool = False) -> None:
         for kid in kids:
             bucket, key = split_storage_key(kid)
             versions = self.node.store.read(bucket, key)
             if versions and await self._push(peer, bucket, key, versions):
-                self.keys_sent += 1
+                if handing_off:
+                    self.keys_handed_off += 1
+                else:
+                    self.keys_sent += 1
 
     async def _fetch_keys(self, peer: str, kids: Sequence[str]) -> None:
         for kid in kids:
@@ -192,6 +319,8 @@ class AntiEntropy:
             reply = await self._call(peer, "replica_get", {"bucket": bucket, "key": key,
                                                            "own": True})
             versions = [Version.from_wire(v) for v in reply["versions"]]
+            if versions:
+                self.keys_shipped += 1
             before = self.node.store.read(bucket, key)
             if versions and reconcile([*before, *versions]) != before:
                 self.node.store.apply(bucket, key, versions)
@@ -199,9 +328,28 @@ class AntiEntropy:
 
     async def _push(self, peer: str, bucket: str, key: str, versions: list[Version]) -> bool:
         """Send versions to a peer's own store; True if that changed what it holds."""
+        self.keys_shipped += 1
         reply = await self._call(peer, "replica_put", {
             "bucket": bucket, "key": key, "versions": [v.to_wire() for v in versions]})
         return bool(reply.get("changed", True))
+
+    async def _each(self, job: Callable[[T], Awaitable[R]], items: Sequence[T]) -> list[R]:
+        """``job`` for every item, as many at once as the background budget runs.
+
+        The first exception ends the lot: the jobs still running are cancelled.
+        """
+        slots = asyncio.Semaphore(self.node.budget.max_concurrent)
+
+        async def bounded(item: T) -> R:
+            async with slots:
+                return await job(item)
+
+        tasks = [asyncio.ensure_future(bounded(item)) for item in items]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def _call(self, peer: str, msg_type: str, body: dict[str, Any]) -> dict[str, Any]:
         """One background request, admitted by the budget (waits for a slot, never queues)."""
@@ -217,66 +365,186 @@ class AntiEntropy:
 
     def unowned(self, limit: int) -> list[tuple[str, str, list[Version], list[str]]]:
         """Keys held here that this node no longer replicates, with their replicas now."""
+        self.refresh()
         ring = self.node.membership.ring
-        me = self.node.name
         found = []
-        for bucket, key, versions in self.node.store.items():
-            n = self.node.config.bucket(bucket).n
-            replicas = ring.preference_list(key_hash(bucket, key), n)
-            if me not in replicas:
-                found.append((bucket, key, versions, replicas))
+        for (n, _, _), group in list(self._unowned.items()):
+            for kid in list(group):
+                bucket, key = split_storage_key(kid)
+                versions = self.node.store.read(bucket, key)
+                if not versions or self._owned(bucket, key):
+                    self._classify(bucket, key, versions)  # a stale entry: file it again
+                    continue
+                found.append((bucket, key, versions,
+                              ring.preference_list(key_hash(bucket, key), n)))
                 if len(found) >= limit:
-                    break
+                    return found
         return found
 
     async def transfer_unowned(self) -> int:
-        """Push a batch of keys to their new replicas; drop each once all acknowledged."""
-        moved = 0
-        for bucket, key, versions, replicas in self.unowned(TRANSFER_BATCH):
-            try:
-                for peer in replicas:
-                    if await self._push(peer, bucket, key, versions):
-                        self.keys_handed_off += 1
-            except DynamoError as exc:
-                log.debug("%s: transfer of %s/%s waits: %s", self.node.name, bucket, key, exc)
-                continue
-            if self.node.store.remove(bucket, key, versions):
-                moved += 1
-        return moved
+        """Hand a batch of unowned ranges to their replicas; drop what all of them hold.
+
+        Returns how many keys were dropped here.
+        """
+        async with self._transfer_lock:
+            self.refresh()
+            if self.node.now() < self._transfer_after:
+                return 0
+            work = self._handovers()
+            by_peer: dict[str, list[_Handover]] = {}
+            for item in work:
+                for peer in item.replicas:
+                    by_peer.setdefault(peer, []).append(item)
+            await self._each(lambda peer: self._hand_over(peer, by_peer[peer]), list(by_peer))
+            dropped = 0
+            for item in work:
+                if item.confirmed.issuperset(item.replicas):
+                    for kid, versions in item.held.items():
+                        # A key written here since is kept, and handed over next round.
+                        if self.node.store.remove(*split_storage_key(kid), versions):
+                            dropped += 1
+            if work and not dropped:
+                # Nothing could move: do not read the same keys again every round.
+                config = self.node.config
+                self._transfer_after = self.node.now() + max(
+                    TRANSFER_BACKOFF_MIN, TRANSFER_BACKOFF_ROUNDS * config.ae_interval)
+            return dropped
+
+    def _handovers(self) -> list[_Handover]:
+        """Whole unowned ranges, up to about TRANSFER_KEYS keys, each with its own tree."""
+        work: list[_Handover] = []
+        count = 0
+        for (n, start, end), group in list(self._unowned.items()):
+            replicas = self.replicas.get(n, {}).get((start, end))
+            if not replicas:
+                continue  # an empty ring: nobody to hand the keys to, so keep them
+            tree = MerkleTree(start, end, self.depth)
+            held: dict[str, list[Version]] = {}
+            for kid in list(group):
+                bucket, key = split_storage_key(kid)
+                versions = self.node.store.read(bucket, key)
+                if not versions or self._owned(bucket, key):
+                    self._classify(bucket, key, versions)
+                    continue
+                held[kid] = versions
+                tree.set_digest(bucket, key, key_hash(bucket, key), key_digest(versions))
+            if held:
+                work.append(_Handover(n, tree, held, replicas))
+                count += len(held)
+                if count >= TRANSFER_KEYS:
+                    break
+        return work
+
+    async def _hand_over(self, peer: str, items: list[_Handover]) -> None:
+        """Bring ``peer`` every key of ``items`` it lacks; mark the items it now holds."""
+        if self.node.liveness.is_down(peer, self.node.now()):
+            return
+        try:
+            for n in sorted({item.n for item in items}):
+                at_n = [item for item in items if item.n == n]
+                for i in range(0, len(at_n), ROOTS_PER_MESSAGE):
+                    await self._hand_over_chunk(peer, n, at_n[i:i + ROOTS_PER_MESSAGE])
+        except DynamoError as exc:
+            log.debug("%s: handing ranges to %s waits: %s", self.node.name, peer, exc)
+
+    async def _hand_over_chunk(self, peer: str, n: int, chunk: list[_Handover]) -> None:
+        reply = await self._call(peer, "ae_roots", {
+            "n": n, "depth": self.depth,
+            "ranges": [[item.tree.start, item.tree.end] for item in chunk]})
+        roots = reply["roots"]
+        if len(roots) != len(chunk):
+            raise DynamoError(f"{peer} answered {len(roots)} roots for {len(chunk)} ranges")
+        lagging = None in roots and self._waiting_for_view(peer)
+        if None not in roots:
+            self._lagging.pop(peer, None)
+        for item, root in zip(chunk, roots):
+            if root is None:
+                if lagging:
+                    continue  # its ring is not this one yet: ask again next round
+                await self._send_keys(peer, sorted(item.held), handing_off=True)
+            elif root != item.tree.root():
+                await self._repair_range(peer, n, item.tree, handing_off=True)
+            item.confirmed.add(peer)
+
+    def _waiting_for_view(self, peer: str) -> bool:
+        """Whether to keep waiting for gossip to bring ``peer`` this node's ring."""
+        now = self.node.now()
+        since = self._lagging.setdefault(peer, now)
+        wait = max(VIEW_WAIT_MIN, VIEW_WAIT_ROUNDS * self.node.config.gossip_interval)
+        return now - since < wait
 
     # ================================================================== tombstones
 
+    def _schedule_reap(self, when: float, kid: str) -> None:
+        heapq.heappush(self._reap_queue, (when, kid))
+        if len(self._reap_queue) > 2 * len(self._tombstones) + 1024:
+            # Entries of keys written again since pile up; start over from what is true.
+            grace = self.node.config.tombstone_grace
+            self._reap_queue = [(ts + grace, k) for k, ts in self._tombstones.items()]
+            heapq.heapify(self._reap_queue)
+
     async def reap_tombstones(self) -> None:
-        """Delete tombstones every home holds, once they are older than the grace period."""
+        """Delete tombstones every home holds, once they are older than the grace period.
+
+        The first home of a key decides, so the homes do not race each other, and only
+        while it believes every other home up: a home that is down may still hold the
+        live value the tombstone deletes, and reaping then would let it come back.
+        """
         now = self.node.now()
         grace = self.node.config.tombstone_grace
-        ring = self.node.membership.ring
-        for bucket, key, versions in list(self.node.store.items())[:TRANSFER_BATCH * 4]:
-            if not all(v.tombstone and now - v.timestamp > grace for v in versions):
+        due: dict[str, None] = {}
+        while self._reap_queue and self._reap_queue[0][0] <= now and len(due) < REAP_BATCH:
+            _, kid = heapq.heappop(self._reap_queue)
+            if kid in self._tombstones:
+                due[kid] = None
+        for kid in due:
+            newest = self._tombstones.get(kid)
+            if newest is None:
                 continue
-            homes = ring.preference_list(key_hash(bucket, key), self.node.config.bucket(bucket).n)
-            if self.node.name != homes[0] if homes else True:
-                continue  # one home decides, so the homes do not race each other
-            digest = key_digest(versions)
-            try:
-                for peer in homes[1:]:
-                    reply = await self._call(peer, "replica_get", {"bucket": bucket,
-                                                                   "key": key, "own": True})
-                    theirs = [Version.from_wire(v) for v in reply["versions"]]
-                    if key_digest(theirs) != digest:
-                        break
-                else:
-                    for peer in homes[1:]:
-                        await self._call(peer, "reap", {"bucket": bucket, "key": key,
-                                                        "versions": [v.to_wire()
-                                                                     for v in versions]})
-                    if self.node.store.remove(bucket, key, versions):
-                        self.tombstones_reaped += 1
-            except DynamoError as exc:
-                log.debug("%s: reaping %s waits: %s", self.node.name, key_id(bucket, key), exc)
+            if now - newest <= grace:
+                self._schedule_reap(newest + grace, kid)
+                continue
+            bucket, key = split_storage_key(kid)
+            homes = self.node.membership.ring.preference_list(
+                key_hash(bucket, key), self.node.config.bucket(bucket).n)
+            if homes and homes[0] == self.node.name and not any(
+                    self.node.liveness.is_down(p, now) for p in homes[1:]):
+                versions = self.node.store.read(bucket, key)
+                if versions and all(v.tombstone for v in versions) and \
+                        await self._reap_everywhere(bucket, key, versions, homes[1:]):
+                    continue
+            if kid in self._tombstones:
+                self._schedule_reap(now + REAP_RETRY, kid)
+
+    async def _reap_everywhere(self, bucket: str, key: str, versions: list[Version],
+                               peers: Sequence[str]) -> bool:
+        """Reap the key on ``peers`` and here if every one holds exactly ``versions``."""
+        digest = key_digest(versions)
+        try:
+            for peer in peers:
+                reply = await self._call(peer, "replica_get", {"bucket": bucket,
+                                                               "key": key, "own": True})
+                theirs = [Version.from_wire(v) for v in reply["versions"]]
+                if key_digest(theirs) != digest:
+                    return False
+            for peer in peers:
+                await self._call(peer, "reap", {"bucket": bucket, "key": key,
+                                                "versions": [v.to_wire() for v in versions]})
+        except DynamoError as exc:
+            log.debug("%s: reaping %s waits: %s", self.node.name, key_id(bucket, key), exc)
+            return False
+        if self.node.store.remove(bucket, key, versions):
+            self.tombstones_reaped += 1
+        return True
 
     def stats(self) -> dict[str, Any]:
+        self.refresh()
         return {"exchanges": self.exchanges, "keys_sent": self.keys_sent,
                 "keys_fetched": self.keys_fetched, "keys_handed_off": self.keys_handed_off,
+                "keys_shipped": self.keys_shipped,
                 "tombstones_reaped": self.tombstones_reaped,
+                "keys_replicated": sum(len(t) for trees in self.trees.values()
+                                       for t in trees.trees()),
+                "unowned": sum(len(group) for group in self._unowned.values()),
+                "tombstones": len(self._tombstones),
                 "ranges": {f"n={n}": len(t.ranges()) for n, t in self.trees.items()}}

@@ -187,13 +187,13 @@ class _Operation:
     def settled(self) -> bool:
         """The answer is known: quorum met, or too few nodes left to meet it.
 
-        When the quorum was out of reach from the start (homes believed down, no stand-in)
-        the nodes asked still get to answer, so the error says how many did.
+        Once the quorum is out of reach, the nodes still asked get to answer (or the
+        deadline passes), so the error says truly how many did.
         """
         if len(self.answered) >= self.needed:
             return True
         hopeless = len(self.answered) + self.outstanding + len(self.spares) < self.needed
-        return hopeless and (self.outstanding == 0 or bool(self.failed))
+        return hopeless and self.outstanding == 0
 
 
 @dataclass

@@ -46,8 +46,17 @@ class Liveness:
             self.detector.request_failed(peer, now)
 
     def state(self, peer: str, now: float) -> str:
-        """The detector's current opinion (this node itself is always up)."""
-        return "up" if peer == self.me else self.detector.state(peer, now)
+        """The detector's current opinion (this node itself is always up).
+
+        Every reading records a change of state, so "since" never lags the state shown.
+        """
+        if peer == self.me:
+            return "up"
+        state = self.detector.state(peer, now)
+        previous = self._states.get(peer)
+        if previous is None or previous[0] != state:
+            self._states[peer] = (state, now)
+        return state
 
     def is_down(self, peer: str, now: float) -> bool:
         return self.state(peer, now) == "down"
@@ -58,12 +67,13 @@ class Liveness:
         for peer in peers:
             if peer == self.me:
                 continue
-            state = self.state(peer, now)
-            previous = self._states.get(peer)
-            if previous is None or previous[0] != state:
-                self._states[peer] = (state, now)
-            quiet_since = max(self._last_heard.get(peer, 0.0), self._last_pinged.get(peer, 0.0))
-            if now - quiet_since >= self.heartbeat_interval:
+            heard = self._last_heard.get(peer, 0.0)
+            pinged = self._last_pinged.get(peer, 0.0)
+            if pinged > heard and now - pinged >= self.heartbeat_interval:
+                # The last ping went unanswered: to a timeout detector, a failed request.
+                self.detector.request_failed(peer, now)
+            self.state(peer, now)
+            if now - max(heard, pinged) >= self.heartbeat_interval:
                 self._last_pinged[peer] = now
                 to_ping.append(peer)
         return to_ping

@@ -108,6 +108,7 @@ class Node:
             "remove": self._handle_remove,
         }
         self.malformed_frames = 0
+        self.expired_requests = 0
         self.anti_entropy = AntiEntropy(self)
         #: set when this node has left the cluster and should exit
         self.left = asyncio.Event()
@@ -164,8 +165,10 @@ class Node:
         future = asyncio.get_running_loop().create_future()
         self._calls[req_id] = future
         try:
-            self.transport.send(address, self.codec.encode(msg_type, body, req_id, self.name))
-            msg = await asyncio.wait_for(future, timeout or self.config.request_timeout)
+            wait = timeout or self.config.request_timeout
+            self.transport.send(address, self.codec.encode(msg_type, body, req_id, self.name,
+                                                           time.time() + wait))
+            msg = await asyncio.wait_for(future, wait)
         except SendFailed as exc:
             raise errors.Unavailable(str(exc)) from None
         except asyncio.TimeoutError:
@@ -290,9 +293,15 @@ class Node:
         except WireError as exc:
             self._reject(identity, self.codec.request_id_of(frames[0]), exc)
             return
-        client = Client(identity, msg.id, time.time())
+        now = time.time()
+        client = Client(identity, msg.id, now)
         if msg.sender:
-            self.liveness.heard_from(msg.sender, time.time())
+            self.liveness.heard_from(msg.sender, now)
+        if msg.expires is not None and now > msg.expires:
+            self.expired_requests += 1
+            log.info("%s: dropped a %s from %s that expired %.1fs ago (it waited in a queue)",
+                     self.name, msg.type, msg.sender, now - msg.expires)
+            return
         handler = self._handlers.get(msg.type)
         if handler is None:
             self._reply_error(client, InvalidRequest(
@@ -366,13 +375,17 @@ class Node:
         try:
             if address is None:
                 raise SendFailed(f"no address known for node {send.to}")
-            self.transport.send(address, self.codec.encode(send.msg_type, send.body,
-                                                           send.req_id, self.name))
+            self.transport.send(address, self.codec.encode(
+                send.msg_type, send.body, send.req_id, self.name, self._expiry(now)))
         except (SendFailed, WireError) as exc:
             if send.req_id is None:
                 return []
             return self.coordinator.on_unreachable(send.req_id, send.to, str(exc), now)
         return []
+
+    def _expiry(self, now: float) -> float:
+        """When a request sent now is void: after its sender, and any forwarder, gave up."""
+        return now + self.config.request_timeout * 2 + 1.0
 
     def _reply(self, client: Client, msg_type: str, body: dict[str, Any]) -> None:
         try:
@@ -464,6 +477,9 @@ class Node:
                 log.warning("%s: ignored a gossiped member record: %s", self.name, exc)
         me_before = self.membership.me
         if self.membership.merge(members):
+            for member in self.membership.members():
+                if member.name != self.name and member.status != "removed":
+                    self.transport.connect(member.address)
             if self.membership.me != me_before:
                 log.info("%s: took back tokens the cluster remembers (version %d)",
                          self.name, self.membership.me.version)
@@ -569,6 +585,7 @@ class Node:
             "hinted_writes": self.coordinator.hinted_writes,
             "failure_detector": self.config.failure_detector["plugin"],
             "malformed_frames": self.malformed_frames,
+            "expired_requests": self.expired_requests,
         }})
 
     def _handle_inspect(self, msg: Message, client: Client) -> None:

@@ -128,21 +128,32 @@ class ZmqTransport:
         self._router.poke()
 
     def send(self, address: str, frame: bytes) -> None:
-        """Queue a request for the peer at ``address``; raises SendFailed if it cannot."""
+        """Queue a request for the peer at ``address``; raises SendFailed if it cannot.
+
+        Peer sockets queue only on a live connection (``IMMEDIATE``): a send to a peer
+        that is gone fails at once instead of waiting in a queue to be delivered, stale,
+        when the peer comes back.
+        """
         dealer = self._dealers.get(address) or self._connect(address)
         try:
             dealer.sock.send(frame, flags=zmq.NOBLOCK)
         except zmq.Again:
-            raise SendFailed(f"send queue towards {address} is full "
-                             f"({SEND_HWM} messages waiting)") from None
+            raise SendFailed(f"no connection to {address}, or its send queue is full "
+                             f"({SEND_HWM} messages)") from None
         except zmq.ZMQError as exc:
             raise SendFailed(f"cannot send to {address}: {exc}") from None
         finally:
             dealer.poke()
 
+    def connect(self, address: str) -> None:
+        """Open the DEALER towards a peer ahead of the first request to it."""
+        if address not in self._dealers:
+            self._connect(address)
+
     def _connect(self, address: str) -> SocketReader:
         sock = self._ctx.socket(zmq.DEALER)
         configure(sock, self.max_bytes)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.ROUTING_ID, self.name.encode("utf-8"))
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)

@@ -1,7 +1,9 @@
 """The one wire format: a versioned CBOR envelope, one item per ZeroMQ frame.
 
 Envelope: ``{"v": 1, "t": <type>, "id": <request id or null>, "from": <node name or null>,
-"b": <body map>}``. Every frame from the network is untrusted: it is decoded with limits
+"b": <body map>}``, plus ``"exp"``, the wall-clock time after which a request is void, on
+requests between nodes (a request that waited in a queue towards a node that was down or
+paused must not be carried out long after its sender gave up on it). Every frame from the network is untrusted: it is decoded with limits
 (size, nesting depth, no indefinite lengths, no duplicate map keys, map keys only text or
 bytes, no semantic tags but a small harmless set) and then checked against the schema of
 its message type before any protocol code sees it. Anything else raises :class:`WireError`
@@ -270,6 +272,8 @@ class Message:
     body: dict[str, Any]
     id: int | None = None
     sender: str | None = None
+    #: wall-clock time after which the request is void (requests between nodes only)
+    expires: float | None = None
 
 
 class Codec:
@@ -290,9 +294,12 @@ class Codec:
         self.schemas[msg_type] = schema
 
     def encode(self, msg_type: str, body: Mapping[str, Any], req_id: int | None = None,
-               sender: str | None = None) -> bytes:
-        data = dumps({"v": PROTOCOL_VERSION, "t": msg_type, "id": req_id, "from": sender,
-                      "b": dict(body)})
+               sender: str | None = None, expires: float | None = None) -> bytes:
+        envelope = {"v": PROTOCOL_VERSION, "t": msg_type, "id": req_id, "from": sender,
+                    "b": dict(body)}
+        if expires is not None:
+            envelope["exp"] = expires
+        data = dumps(envelope)
         if len(data) > self.max_bytes:
             raise WireError(f"{msg_type} message of {len(data)} bytes exceeds the "
                             f"{self.max_bytes}-byte limit")
@@ -302,7 +309,7 @@ class Codec:
         envelope = safe_loads(frame, self.max_bytes)
         msg_type, req_id, sender, body = self._envelope(envelope)
         self._check_body(msg_type, body)
-        return Message(msg_type, body, req_id, sender)
+        return Message(msg_type, body, req_id, sender, envelope.get("exp"))
 
     def request_id_of(self, frame: bytes) -> int | None:
         """Best effort: the request id of a frame that failed validation, to address an error."""
@@ -316,7 +323,7 @@ class Codec:
     def _envelope(self, envelope: Any) -> tuple[str, int | None, str | None, dict]:
         if not isinstance(envelope, dict):
             raise WireError(f"envelope must be a map, got {type(envelope).__name__}")
-        unknown = set(envelope) - {"v", "t", "id", "from", "b"}
+        unknown = set(envelope) - {"v", "t", "id", "from", "b", "exp"}
         if unknown:
             raise WireError(f"envelope has unknown fields: {_names(unknown)}")
         version = envelope.get("v")
@@ -337,6 +344,10 @@ class Codec:
         body = envelope.get("b")
         if not isinstance(body, dict):
             raise WireError("envelope field 'b' (body) must be a map")
+        expires = envelope.get("exp")
+        if expires is not None and (isinstance(expires, bool) or not isinstance(
+                expires, (int, float)) or expires != expires):
+            raise WireError("envelope field 'exp' must be a time in seconds or absent")
         return msg_type, req_id, sender, body
 
     def _check_body(self, msg_type: str, body: dict[str, Any]) -> None:
