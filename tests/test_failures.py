@@ -29,7 +29,7 @@ import pytest
 from conftest import Cluster, wait_for
 
 from dynamo_core.client import Client
-from dynamo_core.errors import DynamoError, QuorumNotMet, Timeout
+from dynamo_core.errors import DynamoError, QuorumNotMet
 
 pytestmark = [pytest.mark.cluster]
 
