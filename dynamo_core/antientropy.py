@@ -19,10 +19,11 @@ fewer nodes than one with N=3):
 All of it runs under the node's background budget (paper 6.5). The tree arithmetic is the
 pure :mod:`merkle` module; this one sequences messages.
 
-No round scans storage. Storage is scanned once when the ring changes (the trees are rebuilt
-then anyway); between ring changes the store's change listener keeps, next to the trees,
-the keys held but not replicated here (by range) and the keys held only as tombstones, so a
-round looks at exactly the keys it has work for and never stalls the event loop.
+No round scans storage, and neither does a ring change: storage is scanned once, at start.
+From then on the store's change listener keeps, next to the trees, the keys held but not
+replicated here (by range) and the keys held only as tombstones, and a ring change re-files
+what the trees already know. A round looks at exactly the keys it has work for and never
+stalls the event loop.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .hookspecs import Resolver  # noqa: F401 - re-exported type context for rea
 from .merkle import Descent, MerkleTree, RangeTrees, diff_leaf, key_digest, key_id
 from .ring import Ring, key_hash
 from .store import split_storage_key
-from .versions import Version, reconcile
+from .versions import Version
 
 if TYPE_CHECKING:
     from .node import Node
@@ -135,12 +136,16 @@ class AntiEntropy:
     def refresh(self) -> None:
         """Rebuild the trees when the ring changed (a join, a leave, a removal).
 
-        The only full scan of storage: the unowned keys and the tombstones are filed again
-        from it too, and kept up to date by the store's listener from then on.
+        The first time, from a scan of storage. After that, from what the trees and the
+        unowned set already know (every key held, with its digest), so a ring change costs
+        no storage reads but those of keys this node starts replicating again; a scan would
+        stall the event loop, and every node's at once, just as the ring changes.
         """
         ring = self.node.membership.ring
         if ring is self._ring:
             return
+        first = self._ring is None
+        old_trees, old_unowned, old_tombstones = self.trees, self._unowned, self._tombstones
         self._ring = ring
         me = self.node.name
         ranges = ring_ranges(ring)
@@ -153,17 +158,37 @@ class AntiEntropy:
         self._peer_names = sorted({p for by_range in self.replicas.values()
                                    for reps in by_range.values() if me in reps
                                    for p in reps if p != me})
-        items = list(self.node.store.items())
-        per_factor: dict[int, list] = {n: [] for n in self.trees}
-        for bucket, key, versions in items:
-            per_factor[self.node.config.bucket(bucket).n].append((bucket, key, versions))
-        for n, factor_items in per_factor.items():
-            self.trees[n].rebuild(factor_items)
-        self._unowned.clear()
-        self._tombstones.clear()
-        self._reap_queue.clear()
-        for bucket, key, versions in items:
-            self._classify(bucket, key, versions)
+        self._unowned, self._tombstones, self._reap_queue = {}, {}, []
+        if first:
+            for bucket, key, versions in self.node.store.items():
+                self._place(bucket, key, versions)
+            return
+        grace = self.node.config.tombstone_grace
+        for n, trees in old_trees.items():
+            for tree in trees.trees():
+                for leaf in range(tree.leaves):
+                    for kid, digest in tree.leaf_keys(leaf).items():
+                        bucket, key = split_storage_key(kid)
+                        h = key_hash(bucket, key)
+                        target = self.trees[n].tree_for(h) if n in self.trees else None
+                        if target is None:
+                            self._unowned.setdefault((n, *self._range_of(h)), {})[kid] = None
+                            continue
+                        target.set_digest(bucket, key, h, digest)
+                        if kid in old_tombstones:
+                            self._tombstones[kid] = old_tombstones[kid]
+                            self._schedule_reap(old_tombstones[kid] + grace, kid)
+        for group in old_unowned.values():
+            for kid in group:
+                bucket, key = split_storage_key(kid)
+                self._place(bucket, key, self.node.store.read(bucket, key))
+
+    def _place(self, bucket: str, key: str, versions: Sequence[Version]) -> None:
+        """Put a key held in storage into its tree, if this node replicates it, and file it."""
+        trees = self.trees.get(self.node.config.bucket(bucket).n)
+        if trees is not None and versions:
+            trees.update(bucket, key, [], versions)
+        self._classify(bucket, key, versions)
 
     def _owned(self, bucket: str, key: str) -> bool:
         """Whether this node replicates the key: its range has a tree here."""
@@ -321,10 +346,8 @@ class AntiEntropy:
             versions = [Version.from_wire(v) for v in reply["versions"]]
             if versions:
                 self.keys_shipped += 1
-            before = self.node.store.read(bucket, key)
-            if versions and reconcile([*before, *versions]) != before:
-                self.node.store.apply(bucket, key, versions)
-                self.keys_fetched += 1
+                if self.node.store.apply(bucket, key, versions):
+                    self.keys_fetched += 1
 
     async def _push(self, peer: str, bucket: str, key: str, versions: list[Version]) -> bool:
         """Send versions to a peer's own store; True if that changed what it holds."""
@@ -390,7 +413,7 @@ class AntiEntropy:
             self.refresh()
             if self.node.now() < self._transfer_after:
                 return 0
-            work = self._handovers()
+            work = await self._handovers()
             by_peer: dict[str, list[_Handover]] = {}
             for item in work:
                 for peer in item.replicas:
@@ -400,8 +423,11 @@ class AntiEntropy:
             for item in work:
                 if item.confirmed.issuperset(item.replicas):
                     for kid, versions in item.held.items():
-                        # A key written here since is kept, and handed over next round.
-                        if self.node.store.remove(*split_storage_key(kid), versions):
+                        bucket, key = split_storage_key(kid)
+                        # A key written here since is kept, and handed over next round;
+                        # so is one the ring gave back to this node meanwhile.
+                        if not self._owned(bucket, key) and \
+                                self.node.store.remove(bucket, key, versions):
                             dropped += 1
             if work and not dropped:
                 # Nothing could move: do not read the same keys again every round.
@@ -410,11 +436,12 @@ class AntiEntropy:
                     TRANSFER_BACKOFF_MIN, TRANSFER_BACKOFF_ROUNDS * config.ae_interval)
             return dropped
 
-    def _handovers(self) -> list[_Handover]:
+    async def _handovers(self) -> list[_Handover]:
         """Whole unowned ranges, up to about TRANSFER_KEYS keys, each with its own tree."""
         work: list[_Handover] = []
         count = 0
         for (n, start, end), group in list(self._unowned.items()):
+            await asyncio.sleep(0)  # storage reads: let foreground requests in between
             replicas = self.replicas.get(n, {}).get((start, end))
             if not replicas:
                 continue  # an empty ring: nobody to hand the keys to, so keep them
@@ -536,6 +563,12 @@ class AntiEntropy:
         if self.node.store.remove(bucket, key, versions):
             self.tombstones_reaped += 1
         return True
+
+    def keys_held(self) -> int:
+        """Keys this node holds versions of: those it replicates plus those it hands off."""
+        self.refresh()
+        return (sum(len(t) for trees in self.trees.values() for t in trees.trees())
+                + sum(len(group) for group in self._unowned.values()))
 
     def stats(self) -> dict[str, Any]:
         self.refresh()

@@ -141,8 +141,9 @@ class Membership:
         # The cluster remembers a newer record of this node: take back its tokens, keep
         # this process's own address and capacity, and announce above what it remembers.
         tokens = theirs.tokens if theirs.tokens else me.tokens
-        self._set(replace(me, tokens=tokens, version=theirs.version + 1,
-                          status="up" if theirs.status != "removed" else me.status))
+        # A removal stands until the node is told to join again (dynamo join).
+        status = "removed" if theirs.status == "removed" else me.status
+        self._set(replace(me, tokens=tokens, version=theirs.version + 1, status=status))
         return True
 
     def _set(self, member: Member) -> None:

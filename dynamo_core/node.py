@@ -135,8 +135,13 @@ class Node:
                     f"data directory {self.data_dir} belongs to node {saved.get('name')!r}, "
                     f"not {self.name!r}")
             member = Member.from_wire(saved["member"])
+            # A node that left (or was removed) stays out until it is told to join again.
+            status = "removed" if member.status in ("removed", "leaving") else "up"
+            if status == "removed":
+                log.warning("%s left the cluster earlier; it stays out of the ring until "
+                            "`dynamo join` brings it back", self.name)
             member = Member(self.name, self.listen, self.config.capacity, member.tokens,
-                            "up", member.version + 1)
+                            status, member.version + 1)
             return saved["actor"], member
         tokens = self.strategy.initial_tokens(self.name, self.config.capacity,
                                               self.config.partitioning, self.rng)
@@ -573,7 +578,7 @@ class Node:
                    for m in self.membership.members()]
         self._reply(client, "status_ok", {"status": {
             "node": self.name, "address": self.listen, "actor": self.actor,
-            "members": members, "keys": len(self.store),
+            "members": members, "keys": self.anti_entropy.keys_held(),
             "hints_pending": self.hints.pending(), "hints_bytes": self.hints.bytes_used,
             "hints_by_target": self.hints.targets(), "hints_delivered": self.hints_delivered,
             "background": self.budget.stats(),

@@ -1,0 +1,421 @@
+"""Join, leave and remove against real node processes, with data in the cluster.
+
+Each test loads keys into a cluster (N = 3), changes its membership while a reader thread
+reads keys back the whole time, and then checks what the issue promises: only about the new
+node's fair share of replica copies moves, no read fails, and afterwards every key has
+exactly N copies, on exactly its home nodes (``inspect``, one node's local storage).
+
+Figures are printed; run with ``-s`` to see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import Cluster, NodeProcess, free_port, wait_for
+
+from dynamo_core.client import AsyncClient, Client
+from dynamo_core.errors import DynamoError
+
+pytestmark = pytest.mark.cluster
+
+N = 3
+#: Keys in the cluster a fifth node joins: the issue's figure. Loading them takes about a
+#: quarter of the test's time on two cores.
+JOIN_KEYS = 5000
+#: Keys in the clusters a node leaves or is removed from.
+KEYS = 1500
+#: Keys whose copies are checked one by one with ``inspect`` on every node.
+SAMPLE = 150
+
+CONFIG: dict[str, Any] = {
+    "cluster": {"gossip_interval": 0.2, "heartbeat_interval": 0.2, "request_timeout": 1.0},
+    "anti_entropy": {"interval": 0.05},
+    "handoff": {"interval": 0.2},
+    "background": {"rate": 100000.0, "burst": 1000, "max_concurrent": 8},
+    # More tokens than the default 64 keep a node's share of the ring close to 1/n (with
+    # 128 random tokens each, a fifth node's share of replicas is within 12% of 3/5 in 99
+    # rings out of 100), so the test measures the transfer, not the luck of the draw.
+    "partitioning": {"tokens_per_capacity": 128},
+}
+
+
+# ====================================================================== helpers
+
+
+def load(cl: Cluster, keys: dict[str, Any], concurrency: int = 32) -> None:
+    """Write every key (W = 2) through every node in turn, many at a time."""
+
+    async def run() -> None:
+        async with AsyncClient(cl.addresses, timeout=10.0) as c:
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(key: str, value: Any) -> None:
+                async with sem:
+                    await c.put(key, value)
+
+            await asyncio.gather(*(one(k, v) for k, v in keys.items()))
+
+    asyncio.run(run())
+
+
+def status(cl: Cluster, name: str) -> dict[str, Any]:
+    with cl.client(name, timeout=3.0) as c:
+        return c.status(node=cl.address(name))
+
+
+def homes(cl: Cluster, key: str, via: str) -> list[str]:
+    with cl.client(via) as c:
+        nodes = c.preflist(key, node=cl.address(via))["nodes"]
+    return [n["name"] for n in nodes if n["role"] == "home"]
+
+
+def holders(cl: Cluster, key: str, names: list[str]) -> dict[str, list[Any]]:
+    """Node -> the values it holds locally for ``key``, for the nodes that hold any."""
+    found = {}
+    for name in names:
+        with cl.client(name) as c:
+            versions = c.inspect(key, cl.address(name))["versions"]
+        if versions:
+            found[name] = [v["value"] for v in versions]
+    return found
+
+
+def converged(cl: Cluster, names: list[str], total_keys: int) -> dict[str, dict[str, Any]]:
+    """Every node sees the same members up, holds only what it replicates, and the
+    replicas add up to N copies of every key; returns each node's status when so."""
+    views = {n: status(cl, n) for n in names}
+    for view in views.values():
+        up = {m["name"] for m in view["members"] if m["status"] == "up"}
+        if up != set(names) or view["anti_entropy"]["unowned"] or view["hints_pending"]:
+            return {}
+    copies = sum(v["anti_entropy"]["keys_replicated"] for v in views.values())
+    return views if copies == N * total_keys else {}
+
+
+def check_copies(cl: Cluster, keys: dict[str, Any], names: list[str],
+                 sample: int | None = SAMPLE) -> None:
+    """A sample of keys (or all): exactly N copies, on exactly the key's homes, with its
+    value."""
+    chosen = sorted(keys) if sample is None else random.Random(7).sample(sorted(keys), sample)
+    for key in chosen:
+        expected = homes(cl, key, names[0])
+        assert len(expected) == N
+        found = holders(cl, key, names)
+        assert sorted(found) == sorted(expected), (key, found, expected)
+        assert all(values == [keys[key]] for values in found.values()), (key, found)
+
+
+def moved(before: dict[str, dict], after: dict[str, dict], field: str) -> int:
+    return sum(after[n]["anti_entropy"][field]
+               - before.get(n, {"anti_entropy": {field: 0}})["anti_entropy"][field]
+               for n in after)
+
+
+class Reader(threading.Thread):
+    """Reads random keys until stopped; every read must return the key's value."""
+
+    def __init__(self, addresses: list[str], keys: dict[str, Any]) -> None:
+        super().__init__(daemon=True)
+        self.addresses = addresses
+        self.keys = keys
+        self.stopping = threading.Event()
+        self.reads = 0
+        self.failures: list[tuple[str, Any]] = []
+        self.latencies: list[float] = []
+
+    def run(self) -> None:
+        rng = random.Random()
+        names = sorted(self.keys)
+        with Client(self.addresses, timeout=5.0) as c:
+            while not self.stopping.is_set():
+                key = rng.choice(names)
+                began = time.monotonic()
+                try:
+                    values = c.get(key).values
+                except DynamoError as exc:
+                    self.failures.append((key, repr(exc)))
+                    continue
+                self.latencies.append(time.monotonic() - began)
+                self.reads += 1
+                if values != [self.keys[key]]:
+                    self.failures.append((key, values))
+
+    def finish(self) -> None:
+        self.stopping.set()
+        self.join(timeout=15)
+        assert not self.is_alive(), "the reader did not stop"
+
+    def summary(self) -> str:
+        ordered = sorted(self.latencies) or [0.0]
+        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        return (f"{self.reads} reads, {len(self.failures)} failed, latency p50 "
+                f"{ordered[len(ordered) // 2] * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+                f"max {ordered[-1] * 1000:.0f} ms")
+
+
+class Writer(threading.Thread):
+    """Writes new keys until stopped (W = 2); remembers the ones acknowledged."""
+
+    def __init__(self, addresses: list[str], prefix: str) -> None:
+        super().__init__(daemon=True)
+        self.addresses = addresses
+        self.prefix = prefix
+        self.stopping = threading.Event()
+        self.written: dict[str, Any] = {}
+        self.failures: list[tuple[str, str]] = []
+
+    def run(self) -> None:
+        with Client(self.addresses, timeout=5.0) as c:
+            i = 0
+            while not self.stopping.is_set():
+                key = f"{self.prefix}-{i}"
+                try:
+                    c.put(key, i)
+                    self.written[key] = i
+                except DynamoError as exc:
+                    self.failures.append((key, repr(exc)))
+                i += 1
+                time.sleep(0.02)
+
+    def finish(self) -> None:
+        self.stopping.set()
+        self.join(timeout=15)
+        assert not self.is_alive(), "the writer did not stop"
+
+
+def start_without_seeds(cl: Cluster, name: str) -> None:
+    """Start one more node that knows nobody; it joins only when told to."""
+    node = NodeProcess(name, free_port(), cl.root / name / "data", cl.root / f"{name}.log")
+    cl.nodes[name] = node  # from now on the fixture stops it like the others
+    node.data_dir.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "dynamo_core.cli", "node", "--name", name,
+           "--listen", node.address, "--data-dir", str(node.data_dir),
+           "--config", str(cl.config_path), "--log-level", "warning"]
+    with open(node.log_path, "ab") as log:
+        node.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def answers() -> bool:
+        with Client(node.address, timeout=0.5) as c:
+            return c.ping(node=node.address) == name
+
+    wait_for(answers, 15, f"{name} to answer")
+
+
+# ====================================================================== join
+
+
+def test_a_joining_node_takes_its_fair_share_while_reads_and_writes_keep_working(cluster):
+    started = time.monotonic()
+    cl = cluster(4, config=CONFIG)
+    old = list(cl.names)
+    keys = {f"join-{i}": i for i in range(JOIN_KEYS)}
+    load(cl, keys)
+    loaded = time.monotonic()
+    before = wait_for(lambda: converged(cl, old, len(keys)), 20, "the four nodes to settle")
+
+    start_without_seeds(cl, "n5")
+    alone = status(cl, "n5")
+    assert [m["name"] for m in alone["members"]] == ["n5"], "a node with no seeds is alone"
+    reader = Reader([cl.address(n) for n in old], keys)
+    writer = Writer([cl.address(n) for n in old], "during-join")
+    reader.start()
+    writer.start()
+    try:
+        time.sleep(0.5)
+        joined_at = time.monotonic()
+        with cl.client("n5") as c:
+            c.join(cl.address("n5"), seed=cl.address("n1"))
+        time.sleep(1.0)  # writes keep landing while ranges move
+        writer.finish()
+        total = len(keys) + len(writer.written)
+        after = wait_for(lambda: converged(cl, cl.names, total), 60,
+                         "the ranges to move and every key to have N copies")
+        took = time.monotonic() - joined_at
+        time.sleep(0.3)
+    finally:
+        reader.finish()
+        writer.finish()
+
+    assert not reader.failures, f"{len(reader.failures)} failed reads: {reader.failures[:5]}"
+    assert not writer.failures, f"{len(writer.failures)} failed writes: {writer.failures[:5]}"
+    assert reader.reads > 50 and len(writer.written) > 10
+    fair = N * total / 5
+    gained = after["n5"]["anti_entropy"]["keys_replicated"]
+    changed = sum(moved(before, after, f)
+                  for f in ("keys_handed_off", "keys_fetched", "keys_sent"))
+    shipped = moved(before, after, "keys_shipped")
+    print(f"\n[join] K={len(keys)} (+{len(writer.written)} written during the join), N={N}: "
+          f"fair share N*K/5 = {fair:.0f}; copies the new node holds = {gained} "
+          f"({gained / fair:.3f}x); copies moved (handed_off + fetched + sent) = {changed} "
+          f"({changed / fair:.3f}x); key copies shipped = {shipped} ({shipped / fair:.3f}x); "
+          f"converged {took:.1f}s after the join; {reader.summary()}; "
+          f"load took {loaded - started:.1f}s")
+    assert gained <= 1.2 * fair
+    assert changed <= 1.2 * fair
+    check_copies(cl, keys, cl.names)
+    # Writes that landed while ranges moved reached their new homes, and only them.
+    check_copies(cl, writer.written, cl.names, sample=None)
+
+
+# ====================================================================== leave
+
+
+def test_a_leaving_node_hands_its_ranges_off_then_exits_and_every_key_keeps_n_copies(cluster):
+    cl = cluster(5, config=CONFIG)
+    keys = {f"leave-{i}": i for i in range(KEYS)}
+    load(cl, keys)
+    before = wait_for(lambda: converged(cl, cl.names, len(keys)), 20, "the cluster to settle")
+    leaver = "n5"
+    stay = [n for n in cl.names if n != leaver]
+    held = before[leaver]["anti_entropy"]["keys_replicated"]
+
+    reader = Reader([cl.address(n) for n in stay], keys)
+    reader.start()
+    try:
+        time.sleep(0.5)
+        left_at = time.monotonic()
+        with cl.client("n1") as c:
+            c.leave(cl.address(leaver))
+        proc = cl.nodes[leaver].proc
+        assert proc is not None
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{leaver} did not exit within 60 s of being asked to leave")
+        exited = time.monotonic() - left_at
+        assert code == 0, f"{leaver} exited with status {code}"
+        after = wait_for(lambda: converged(cl, stay, len(keys)), 30,
+                         "every key to have N copies on the remaining nodes")
+        time.sleep(0.3)
+    finally:
+        reader.finish()
+
+    assert not reader.failures, f"{len(reader.failures)} failed reads: {reader.failures[:5]}"
+    gained = moved(before, after, "keys_replicated")
+    print(f"\n[leave] {leaver} held {held} of {N * len(keys)} copies and exited with status 0 "
+          f"after {exited:.1f}s; the others gained {gained} copies; "
+          f"{reader.summary()}")
+    assert gained == held
+    for name in stay:
+        seen = {m["name"]: m["status"] for m in status(cl, name)["members"]}
+        assert seen[leaver] == "removed", (name, seen)
+    check_copies(cl, keys, stay)
+    with cl.client(*stay) as c:
+        for key, value in keys.items():
+            assert c.get(key).values == [value], key
+
+
+# ====================================================================== remove
+
+
+def test_a_removed_node_is_rebuilt_from_the_other_replicas(cluster):
+    cl = cluster(5, config=CONFIG)
+    keys = {f"remove-{i}": i for i in range(KEYS)}
+    load(cl, keys)
+    before = wait_for(lambda: converged(cl, cl.names, len(keys)), 20, "the cluster to settle")
+    dead = "n5"
+    stay = [n for n in cl.names if n != dead]
+    lost = before[dead]["anti_entropy"]["keys_replicated"]
+
+    cl.kill(dead)
+    reader = Reader([cl.address(n) for n in stay], keys)
+    reader.start()
+    try:
+        wait_for(lambda: all(next(m["state"] for m in status(cl, n)["members"]
+                                  if m["name"] == dead) == "down" for n in stay), 10,
+                 f"the others to see {dead} down")
+        removed_at = time.monotonic()
+        with cl.client("n2") as c:
+            c.remove(dead)
+        after = wait_for(lambda: converged(cl, stay, len(keys)), 30,
+                         f"the copies {dead} held to be rebuilt")
+        took = time.monotonic() - removed_at
+        time.sleep(0.3)
+    finally:
+        reader.finish()
+
+    assert not reader.failures, f"{len(reader.failures)} failed reads: {reader.failures[:5]}"
+    rebuilt = sum(moved(before, after, f) for f in ("keys_fetched", "keys_sent"))
+    print(f"\n[remove] {dead} held {lost} copies; anti-entropy rebuilt {rebuilt} of them "
+          f"(read repair the rest) in {took:.1f}s; {reader.summary()}")
+    # Each lost copy is rebuilt once: by anti-entropy, or by read repair when the reader
+    # got to it first.
+    assert rebuilt <= lost
+    for name in stay:
+        seen = {m["name"]: m["status"] for m in status(cl, name)["members"]}
+        assert seen[dead] == "removed", (name, seen)
+    check_copies(cl, keys, stay)
+    assert all(dead not in homes(cl, k, "n1") for k in list(keys)[:50])
+
+
+# ====================================================================== a known gap (xfail)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "coordinator/membership: a node that joined is a home at once, before it holds its "
+    "ranges, and its empty answer counts toward R; when homes are slow the hedge brings in "
+    "fallbacks that never held the key, whose empty answers count too, so a get returns [] "
+    "for a key the cluster holds"))
+def test_a_get_during_a_join_does_not_count_the_new_nodes_empty_answer_as_the_key_missing(
+        cluster):
+    # No anti-entropy rounds at all: the new node stays empty, as it is in the first
+    # seconds of any join, and the old replicas keep their copies.
+    cl = cluster(4, config={**CONFIG, "anti_entropy": {"interval": 1e6}})
+    keys = {f"early-{i}": i for i in range(100)}
+    with cl.client() as c:
+        for key, value in keys.items():
+            c.put(key, value, w=3)
+    start_without_seeds(cl, "n5")
+    with cl.client("n5") as c:
+        c.join(cl.address("n5"), seed=cl.address("n1"))
+    wait_for(lambda: all(len({m["name"] for m in status(cl, n)["members"]
+                              if m["status"] == "up"}) == 5 for n in cl.names), 10,
+             "every node to see n5 up")
+
+    def walk(key: str) -> list[str]:
+        with cl.client("n1") as c:
+            return [n["name"] for n in c.preflist(key, node=cl.address("n1"))["nodes"]]
+
+    key = next(k for k in keys if "n5" in walk(k)[:N])
+    order = walk(key)
+    slow = [h for h in order[:N] if h != "n5"]  # the two homes that hold the key
+    coordinator = order[4]  # the second fallback: it never held the key
+    assert holders(cl, key, ["n5", order[3], coordinator]) == {order[3]: [keys[key]]}
+    for name in slow:
+        os.kill(cl.pid(name), signal.SIGSTOP)
+    try:
+        # Both old homes pause past the hedge time (request_timeout / 2): the coordinator
+        # asks the fallbacks, the third home (order[3]) still holds the key.
+        with cl.client(coordinator, timeout=5.0) as c:
+            values = c.get(key, node=cl.address(coordinator)).values
+    finally:
+        for name in slow:
+            os.kill(cl.pid(name), signal.SIGCONT)
+    assert values == [keys[key]], f"{key} read as {values} while {order[3]} holds it"
+
+
+def test_a_node_that_left_stays_out_of_the_ring_when_its_process_starts_again(cluster):
+    cl = cluster(4, config=CONFIG)
+    with cl.client("n1") as c:
+        c.leave(cl.address("n4"))
+    proc = cl.nodes["n4"].proc
+    assert proc is not None and proc.wait(timeout=30) == 0
+    wait_for(lambda: all({m["name"]: m["status"] for m in status(cl, n)["members"]}["n4"]
+                         == "removed" for n in ("n1", "n2", "n3")), 10,
+             "the others to see n4 removed")
+
+    cl.spawn("n4")  # same name, same data directory, the same seeds as before
+    time.sleep(2.0)  # ten gossip rounds
+    for name in ("n1", "n2", "n3"):
+        seen = {m["name"]: m["status"] for m in status(cl, name)["members"]}
+        assert seen["n4"] != "up", f"{name} sees n4 back on the ring: {seen}"
