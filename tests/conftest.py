@@ -13,7 +13,6 @@ and only read and write keys.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess

@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from dynamo_core.client import AsyncClient, Client
-from dynamo_core.errors import DynamoError, InvalidRequest, QuorumNotMet, Timeout, WireError
+from dynamo_core.errors import DynamoError, InvalidRequest, QuorumNotMet, Timeout
 from dynamo_core.wire import Codec, safe_loads
 
 from conftest import free_port, wait_for

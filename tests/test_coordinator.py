@@ -29,7 +29,7 @@ from dynamo_core.coordinator import Coordinator, Fail, KeyPlan, PeerFailed, Repl
 from dynamo_core.errors import InvalidRequest, Overloaded, QuorumNotMet, Timeout, Unavailable
 from dynamo_core.hookspecs import Sibling
 from dynamo_core.store import LocalStore
-from dynamo_core.versions import Clock, Version, decode_context, encode_context
+from dynamo_core.versions import Clock, Version, decode_context
 from dynamo_plugins.memory_storage import open_memory_engine
 
 TIMEOUT = 1.0

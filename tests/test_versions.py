@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import cbor2
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynamo_core.versions import (
