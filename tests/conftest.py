@@ -13,6 +13,7 @@ and only read and write keys.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ from typing import Any, Iterator, Mapping
 
 import pytest
 
-from dynamo_core.client import Client
+from dynamo_core.client import AsyncClient, Client
 from dynamo_core.cluster import stop_processes
 from dynamo_core.errors import DynamoError
 
@@ -344,3 +345,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     if report.failed and _ACTIVE and not hasattr(report, "wasxfail"):
         for cl in _ACTIVE:
             report.sections.append((f"node logs ({cl.root.name})", cl.logs()))
+
+
+# ====================================================================== shared helpers
+
+
+def load(cl: Cluster, keys: dict[str, Any], concurrency: int = 32) -> None:
+    """Write every key (W = 2) through every node in turn, many at a time."""
+
+    async def run() -> None:
+        async with AsyncClient(cl.addresses, timeout=10.0) as c:
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(key: str, value: Any) -> None:
+                async with sem:
+                    await c.put(key, value)
+
+            await asyncio.gather(*(one(k, v) for k, v in keys.items()))
+
+    asyncio.run(run())
+
+
+def status(cl: Cluster, name: str) -> dict[str, Any]:
+    with cl.client(name, timeout=3.0) as c:
+        return c.status(node=cl.address(name))
+
+
+def homes(cl: Cluster, key: str, via: str) -> list[str]:
+    with cl.client(via) as c:
+        nodes = c.preflist(key, node=cl.address(via))["nodes"]
+    return [n["name"] for n in nodes if n["role"] == "home"]

@@ -18,10 +18,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Cluster, wait_for
+from conftest import Cluster, homes, load, status, wait_for
 
 from dynamo_core import config as config_mod
-from dynamo_core.client import AsyncClient
 from dynamo_core.membership import Member
 from dynamo_core.merkle import RangeTrees, key_id
 from dynamo_core.node import Node
@@ -51,35 +50,8 @@ def with_config(**sections: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load(cl: Cluster, keys: dict[str, Any], concurrency: int = 32) -> None:
-    """Write every key (W = 2) through every node in turn, many at a time."""
-
-    async def run() -> None:
-        async with AsyncClient(cl.addresses, timeout=10.0) as c:
-            sem = asyncio.Semaphore(concurrency)
-
-            async def one(key: str, value: Any) -> None:
-                async with sem:
-                    await c.put(key, value)
-
-            await asyncio.gather(*(one(k, v) for k, v in keys.items()))
-
-    asyncio.run(run())
-
-
-def status(cl: Cluster, name: str) -> dict[str, Any]:
-    with cl.client(name, timeout=3.0) as c:
-        return c.status(node=cl.address(name))
-
-
 def ae(cl: Cluster, name: str) -> dict[str, Any]:
     return status(cl, name)["anti_entropy"]
-
-
-def homes(cl: Cluster, key: str, via: str) -> list[str]:
-    with cl.client(via) as c:
-        nodes = c.preflist(key, node=cl.address(via))["nodes"]
-    return [n["name"] for n in nodes if n["role"] == "home"]
 
 
 def versions_on(cl: Cluster, name: str, key: str) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ Figures are printed; run with ``-s`` to see them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import signal
@@ -21,9 +20,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Cluster, NodeProcess, free_port, wait_for
+from conftest import Cluster, NodeProcess, free_port, homes, load, status, wait_for
 
-from dynamo_core.client import AsyncClient, Client
+from dynamo_core.client import Client
 from dynamo_core.errors import DynamoError
 
 pytestmark = pytest.mark.cluster
@@ -50,33 +49,6 @@ CONFIG: dict[str, Any] = {
 
 
 # ====================================================================== helpers
-
-
-def load(cl: Cluster, keys: dict[str, Any], concurrency: int = 32) -> None:
-    """Write every key (W = 2) through every node in turn, many at a time."""
-
-    async def run() -> None:
-        async with AsyncClient(cl.addresses, timeout=10.0) as c:
-            sem = asyncio.Semaphore(concurrency)
-
-            async def one(key: str, value: Any) -> None:
-                async with sem:
-                    await c.put(key, value)
-
-            await asyncio.gather(*(one(k, v) for k, v in keys.items()))
-
-    asyncio.run(run())
-
-
-def status(cl: Cluster, name: str) -> dict[str, Any]:
-    with cl.client(name, timeout=3.0) as c:
-        return c.status(node=cl.address(name))
-
-
-def homes(cl: Cluster, key: str, via: str) -> list[str]:
-    with cl.client(via) as c:
-        nodes = c.preflist(key, node=cl.address(via))["nodes"]
-    return [n["name"] for n in nodes if n["role"] == "home"]
 
 
 def holders(cl: Cluster, key: str, names: list[str]) -> dict[str, list[Any]]:
