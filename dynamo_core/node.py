@@ -41,6 +41,8 @@ from .wire import Codec, Message
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.02
+#: Time given to a new peer connection before the first message is sent on it.
+CONNECT_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,11 @@ class Node:
             self._run(self.coordinator.on_tick(now))
 
     async def _gossip_loop(self) -> None:
+        # Peer sockets only queue on live connections: open them first, give them a moment.
+        for address in [*self.membership.seeds,
+                        *(m.address for m in self.membership.members() if m.name != self.name)]:
+            self.transport.connect(address)
+        await asyncio.sleep(CONNECT_SECONDS)
         interval = self.config.gossip_interval
         while True:
             self._gossip_once()
@@ -514,7 +521,8 @@ class Node:
         if self.membership.me.status != "up":
             self.membership.update_me(status="up")
             self._save_identity()
-        self._gossip_once(target=seed)
+        self.transport.connect(seed)
+        asyncio.get_running_loop().call_later(CONNECT_SECONDS, self._gossip_once, seed)
         log.info("%s: joining the cluster through %s", self.name, seed)
         self._reply(client, "join_ok", {})
 
