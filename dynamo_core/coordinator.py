@@ -203,6 +203,26 @@ class _GetOp(_Operation):
     issued: int = 0
     #: a resolved merge went to every replica, so read repair has nothing left to do
     written_back: bool = False
+    #: when the get started: "not found" answers alone settle it only after a while
+    started: float = 0.0
+    patience_over: bool = False
+
+    def settled(self) -> bool:
+        """A get whose quorum answered only "not found" waits for the other nodes asked.
+
+        A node that just joined, or a stand-in, can hold nothing for a key the cluster
+        holds; its empty answer is weaker evidence than a version (Riak's notfound_ok =
+        false). It settles on R empty answers once every node asked answered, or once the
+        hedge time passed.
+        """
+        if len(self.answered) >= self.needed and not any(self.answered.values()):
+            # Still worth hearing: anyone before the hedge time; after it, the spares
+            # brought in then (they are the next nodes that may hold the key).
+            waiting = [p for p in self.silent() if not self.patience_over
+                       or (self.replaced and p not in self.replaced)]
+            if waiting:
+                return False
+        return super().settled()
 
 
 @dataclass
@@ -250,6 +270,7 @@ class Coordinator:
             return [Fail(client, err)]
         op = self._new(_GetOp, client, plan, now, list(plan.targets), plan.quorum,
                        "replica_get", {"bucket": plan.bucket, "key": plan.key})
+        op.started = now
         return self._fan_out(op, now)
 
     def start_put(self, client: Any, plan: KeyPlan, value: Any, context: bytes | None,
@@ -434,6 +455,9 @@ class Coordinator:
                     effects.extend(self._answer(op, now, timed_out=True))
                 effects.extend(self._finish(op_id, op))
                 continue
+            if isinstance(op, _GetOp) and not op.done and now - op.started >= op.hedge_after:
+                op.patience_over = True
+                effects.extend(self._progress(op_id, op, now))
             if op.done or not op.spares:
                 continue  # with nothing to replace them by, silent nodes get their deadline
             slow = [p for p in op.silent() if now - op.sent_at[p] >= op.hedge_after]

@@ -256,7 +256,12 @@ class Net:
 
     def get(self, via: str, key: str, *, r: int = 2,
             resolver: Any = None) -> tuple[list[Any], bytes]:
-        body = self.ok(self.start_get(via, key, r=r, resolver=resolver), "get_ok")
+        client = self.start_get(via, key, r=r, resolver=resolver)
+        if self.answer(client) is None:
+            # Only "not found" so far with a node still silent: the get waits for it up to
+            # the hedge time before it settles on "absent".
+            self.tick(self.now + TIMEOUT / 2)
+        body = self.ok(client, "get_ok")
         return [s["value"] for s in body["siblings"]], body["context"]
 
     # ----------------------------------------------------------------- inspection
@@ -1053,6 +1058,8 @@ def test_an_answered_get_holds_its_slot_only_until_its_last_reply_or_deadline():
     net = Net(max_pending=1)
     net.make_silent("n3")
     client = net.start_get("n1", "k", r=2)
+    assert net.answer(client) is None  # two "not found"s, n3 silent: worth waiting for
+    net.tick(TIMEOUT / 2)
     net.ok(client, "get_ok")
     assert net.coords["n1"].pending() == 1  # lingering for read repair
     net.tick(TIMEOUT)
@@ -1551,3 +1558,27 @@ def test_hinted_writes_counts_a_resolver_write_back_to_a_stand_in(sloppy):
     assert [s.to for s in sloppy.sends("replica_put", one_way=True) if "hint" in s.body] == \
         ["n4"]
     assert sloppy.coords["n1"].hinted_writes == before + 1
+
+
+def test_a_get_that_heard_only_not_found_waits_for_a_node_that_may_hold_the_key():
+    """A new or stand-in node's empty answer is weak evidence (Riak's notfound_ok = false)."""
+    net = Net()
+    net.put("n1", "k", "v1", w=3)
+    for n in ("n1", "n2"):
+        net.stores[n].engine.delete("default/k")  # as if they had just joined, empty
+    net.make_slow("n3", "replica_get")
+    client = net.start_get("n1", "k", r=2)
+    assert net.answer(client) is None, "two empty answers are not yet proof of absence"
+    net.release("n3")
+    values = [s["value"] for s in net.ok(client, "get_ok")["siblings"]]
+    assert values == ["v1"]
+
+
+def test_a_get_of_an_absent_key_settles_at_the_hedge_time_when_a_node_stays_silent():
+    net = Net()
+    net.make_silent("n3")
+    client = net.start_get("n1", "absent", r=2)
+    net.tick(TIMEOUT / 2 - 0.01)
+    assert net.answer(client) is None
+    net.tick(TIMEOUT / 2)
+    assert net.ok(client, "get_ok")["siblings"] == []

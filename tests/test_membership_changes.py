@@ -330,14 +330,9 @@ def test_a_removed_node_is_rebuilt_from_the_other_replicas(cluster):
     assert all(dead not in homes(cl, k, "n1") for k in list(keys)[:50])
 
 
-# ====================================================================== a known gap (xfail)
+# ====================================================================== reads while a node joins
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "coordinator/membership: a node that joined is a home at once, before it holds its "
-    "ranges, and its empty answer counts toward R; when homes are slow the hedge brings in "
-    "fallbacks that never held the key, whose empty answers count too, so a get returns [] "
-    "for a key the cluster holds"))
 def test_a_get_during_a_join_does_not_count_the_new_nodes_empty_answer_as_the_key_missing(
         cluster):
     # No anti-entropy rounds at all: the new node stays empty, as it is in the first
