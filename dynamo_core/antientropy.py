@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import DynamoError
-from .hookspecs import Resolver  # noqa: F401 - re-exported type context for readers
 from .merkle import Descent, MerkleTree, RangeTrees, diff_leaf, key_digest, key_id
 from .ring import Ring, key_hash
 from .store import split_storage_key

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from . import config as config_mod
 from .client import DEFAULT_BUCKET, Client
@@ -255,8 +255,15 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes get one line on stderr, as every other failure does."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynamo", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="dynamo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, fn: Callable, help_text: str, *, client: bool = True,
