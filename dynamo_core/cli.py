@@ -21,6 +21,7 @@ from typing import Any, Callable, NoReturn, Sequence
 from . import config as config_mod
 from .client import DEFAULT_BUCKET, Client
 from .errors import ConfigError, DynamoError
+from .versions import context_text
 
 DEFAULT_NODE = os.environ.get("DYNAMO_NODE", "tcp://127.0.0.1:7101")
 DEFAULT_BASE_PORT = 7100
@@ -53,10 +54,6 @@ def _dump(value: Any) -> str:
     return json.dumps(_jsonable(value), sort_keys=True)
 
 
-def _ctx(context: bytes) -> str:
-    return base64.b64encode(context).decode("ascii")
-
-
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -74,7 +71,7 @@ def cmd_get(args: argparse.Namespace) -> str:
     with _client(args) as c:
         result = c.get(args.key, args.r, bucket=args.bucket)
     doc = {"key": args.key, "bucket": args.bucket, "values": result.values,
-           "context": _ctx(result.context)}
+           "context": context_text(result.context)}
     if args.json:
         return _dump(doc)
     lines = [f"values: {_dump(result.values)}" if result.values else "values: [] (not found)"]
@@ -95,13 +92,15 @@ def cmd_put(args: argparse.Namespace) -> str:
     value = _parse_value(args.value)
     with _client(args) as c:
         context = c.put(args.key, value, args.context, args.w, bucket=args.bucket)
-    return _dump({"context": _ctx(context)}) if args.json else f"ok\ncontext: {_ctx(context)}"
+    text = context_text(context)
+    return _dump({"context": text}) if args.json else f"ok\ncontext: {text}"
 
 
 def cmd_delete(args: argparse.Namespace) -> str:
     with _client(args) as c:
         context = c.delete(args.key, args.context, args.w, bucket=args.bucket)
-    return _dump({"context": _ctx(context)}) if args.json else f"deleted\ncontext: {_ctx(context)}"
+    text = context_text(context)
+    return _dump({"context": text}) if args.json else f"deleted\ncontext: {text}"
 
 
 # ====================================================================== operator commands

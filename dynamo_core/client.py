@@ -10,8 +10,6 @@ because a put may have been applied even though its answer was lost.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from . import errors
 from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
 from .hookspecs import Resolver, Sibling
 from .transport import SocketReader, configure
+from .versions import context_from_text
 from .wire import Codec, Message
 
 DEFAULT_BUCKET = "default"
@@ -144,9 +143,9 @@ def _context_bytes(context: Any) -> bytes | None:
         return context.context
     if isinstance(context, str):
         try:
-            return base64.b64decode(context, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest("context text must be the base64 string a get printed") from None
+            return context_from_text(context)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
     raise InvalidRequest(f"context must be the bytes a get returned, got "
                          f"{type(context).__name__}")
 

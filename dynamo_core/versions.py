@@ -346,10 +346,7 @@ def decode_context(context: bytes | str | None) -> Clock:
     if context is None or context == b"" or context == "":
         return Clock.empty()
     if isinstance(context, str):
-        try:
-            context = base64.b64decode(context, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("a context given as text must be the base64 string a get printed")
+        context = context_from_text(context)
     if not isinstance(context, (bytes, bytearray)):
         raise ValueError("a context is the bytes a get returned (or their base64 text)")
     try:
@@ -365,3 +362,12 @@ def decode_context(context: bytes | str | None) -> Clock:
 def context_text(context: bytes) -> str:
     """The base64 text form the CLI prints and accepts back with ``--context``."""
     return base64.b64encode(context).decode("ascii")
+
+
+def context_from_text(text: str) -> bytes:
+    """The context bytes behind the base64 text :func:`context_text` made."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a context given as text must be the base64 string a get printed") \
+            from None
