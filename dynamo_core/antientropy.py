@@ -71,12 +71,6 @@ VIEW_WAIT_ROUNDS = 10
 VIEW_WAIT_MIN = 2.0
 
 
-def ring_ranges(ring: Ring) -> list[tuple[int, int]]:
-    """Every token range ``(previous token, token]`` of the ring."""
-    tokens = sorted(t for node in ring.nodes for t in ring.tokens_of(node))
-    return [(tokens[i - 1], t) for i, t in enumerate(tokens)] if tokens else []
-
-
 @dataclass
 class _Handover:
     """The keys of one range this node holds but no longer replicates, on their way out."""
@@ -147,7 +141,7 @@ class AntiEntropy:
         old_trees, old_unowned, old_tombstones = self.trees, self._unowned, self._tombstones
         self._ring = ring
         me = self.node.name
-        ranges = ring_ranges(ring)
+        ranges = ring.ranges()
         self._tokens = [end for _, end in ranges]
         self.replicas = {n: {r: ring.preference_list(r[1], n) for r in ranges}
                          for n in self.factors()}

@@ -11,9 +11,16 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
+
+from .client import Client
+from .errors import DynamoError
 
 STOP_GRACE_SECONDS = 5.0
 _PR_SET_PDEATHSIG = 1
@@ -29,13 +36,19 @@ def _die_with_parent() -> None:
 
 def node_command(i: int, base_port: int, count: int, data_dir: str, config: str | None,
                  log_level: str) -> list[str]:
-    address = f"tcp://127.0.0.1:{base_port + i}"
+    addresses = [f"tcp://127.0.0.1:{base_port + j}" for j in range(1, count + 1)]
+    return _node_command(i, addresses, data_dir, config, log_level)
+
+
+def _node_command(i: int, addresses: list[str], data_dir: str, config: str | None,
+                  log_level: str) -> list[str]:
+    """The command running node ``n<i>`` (1-based) of ``addresses``, seeded with the others."""
     cmd = [sys.executable, "-m", "dynamo_core.cli", "node", "--name", f"n{i}",
-           "--listen", address, "--data-dir", os.path.join(data_dir, f"n{i}"),
+           "--listen", addresses[i - 1], "--data-dir", os.path.join(data_dir, f"n{i}"),
            "--log-level", log_level]
-    for j in range(1, count + 1):
+    for j, address in enumerate(addresses, 1):
         if j != i:
-            cmd += ["--seed", f"tcp://127.0.0.1:{base_port + j}"]
+            cmd += ["--seed", address]
     if config:
         cmd += ["--config", config]
     return cmd
@@ -91,3 +104,96 @@ def stop_processes(procs: list[subprocess.Popen], sig: int = signal.SIGTERM,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """A throwaway cluster of node processes on free loopback ports, for scripts and tests.
+
+    ::
+
+        with LocalCluster(3, config_toml='[buckets.carts]\nresolver = "cart-union"') as cl:
+            with Client(cl.addresses) as c:
+                ...
+
+    Data lives in a temporary directory removed on exit (or in ``data_dir``, kept). Entering
+    waits until every node sees every other one up; leaving stops every process, however
+    the block ended.
+    """
+
+    def __init__(self, nodes: int = 3, *, config_toml: str = "", data_dir: str | None = None,
+                 log_level: str = "warning", ready_timeout: float = 30.0) -> None:
+        self.size = nodes
+        self.config_toml = config_toml
+        self.log_level = log_level
+        self.ready_timeout = ready_timeout
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="dynamo-")
+        self.data_dir = data_dir or self._tmp.name
+        self.addresses = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(nodes)]
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return [f"n{i}" for i in range(1, self.size + 1)]
+
+    def address(self, name: str) -> str:
+        return self.addresses[self.names.index(name)]
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        config = None
+        if self.config_toml:
+            config = os.path.join(self.data_dir, "config.toml")
+            Path(config).write_text(self.config_toml)
+        for i, name in enumerate(self.names, 1):
+            cmd = _node_command(i, self.addresses, self.data_dir, config, self.log_level)
+            self.procs[name] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+        self._wait_until_ready()
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        problem = "no node answered yet"
+        with Client(self.addresses, timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                for name, proc in self.procs.items():
+                    if proc.poll() is not None:
+                        raise OSError(f"node {name} exited with status {proc.returncode}")
+                try:
+                    problem = self._not_ready(client)
+                except DynamoError as exc:
+                    problem = str(exc)
+                if problem is None:
+                    return
+                time.sleep(0.1)
+        raise OSError(f"the local cluster was not ready after {self.ready_timeout:g}s: "
+                      f"{problem}")
+
+    def _not_ready(self, client: Client) -> str | None:
+        """Why the cluster is not ready yet (None: every node sees every other one up)."""
+        for address in self.addresses:
+            members = client.status(node=address)["members"]
+            up = {m["name"] for m in members if m["state"] == "up" and m["status"] == "up"}
+            if up != set(self.names):
+                return f"{address} sees {sorted(up)} up"
+        return None
+
+    def stop(self) -> None:
+        stop_processes(list(self.procs.values()))
+        self.procs.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()

@@ -68,7 +68,7 @@ class Config:
     failure_detector: Mapping[str, Any] = field(
         default_factory=lambda: {"plugin": "phi-accrual", "threshold": 8.0})
     partitioning: Mapping[str, Any] = field(
-        default_factory=lambda: {"strategy": "strategy-1", "tokens_per_capacity": 64})
+        default_factory=lambda: {"strategy": "strategy-3"})
     buckets: Mapping[str, BucketConfig] = field(default_factory=dict)
     plugin_modules: tuple[str, ...] = ()
 

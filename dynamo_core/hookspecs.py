@@ -26,13 +26,11 @@ from typing import (
 
 import pluggy
 
+from .ring import MAX_PARTITIONS, RING_BITS, RING_SIZE, partition_ends
+
 PROJECT = "dynamo"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-#: The ring is the 128-bit hash space [0, RING_SIZE).
-RING_BITS = 128
-RING_SIZE = 1 << RING_BITS
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -102,12 +100,24 @@ class MemberInfo:
 
 @runtime_checkable
 class PartitionStrategy(Protocol):
-    """Decides where members sit on the ring (the paper's section 6.2 strategies)."""
+    """Decides where members sit on the ring (the paper's section 6.2 strategies).
+
+    Every method is a pure function of its arguments: nodes that know the same members
+    must compute the same ring. Options are the ``[partitioning]`` table of the config; a
+    method raises ``ValueError`` naming a bad or unknown setting.
+    """
+
+    def partition_count(self, options: Mapping[str, Any]) -> int | None:
+        """Q, when the hash space is cut into Q fixed equal partitions; None for token ranges.
+
+        Called at start-up too, so it is where a strategy checks its options.
+        """
+        ...
 
     def initial_tokens(
         self, name: str, capacity: int, options: Mapping[str, Any], rng: random.Random
     ) -> list[int]:
-        """Tokens a brand-new member announces through gossip."""
+        """Tokens a brand-new member announces through gossip (may be none)."""
         ...
 
     def ring_tokens(

@@ -107,7 +107,8 @@ class Membership:
     def ring(self) -> Ring:
         if self._ring is None:
             infos = [MemberInfo(m.name, m.capacity, m.tokens) for m in self.live_members()]
-            self._ring = Ring(self._strategy.ring_tokens(infos, self._options))
+            self._ring = Ring(self._strategy.ring_tokens(infos, self._options),
+                              self._strategy.partition_count(self._options))
         return self._ring
 
     def to_wire(self) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from .antientropy import AntiEntropy
 from .config import Config
 from .coordinator import Coordinator, Effect, Fail, KeyPlan, PeerFailed, Reply, Send
 from .errors import DynamoError, InvalidRequest, WireError
+from .hookspecs import PartitionStrategy
 from .handoff import HandoffPlanner, HintStore
 from .liveness import Liveness
 from .membership import Member, Membership
@@ -67,7 +68,7 @@ class Node:
         self.rng = rng or random.Random()
         self.registry = Registry(make_plugin_manager(config.plugin_modules))
         self.codec = Codec(max_bytes=config.max_message_bytes)
-        self.strategy = self.registry.partition_strategy(config.partitioning["strategy"])
+        self.strategy = self._pick_strategy()
         self._check_resolvers()
         engine_factory = self.registry.storage_engine(config.storage["engine"])
         if data_dir is not None:
@@ -116,6 +117,18 @@ class Node:
         self.left = asyncio.Event()
 
     # ================================================================== lifecycle
+
+    def _pick_strategy(self) -> PartitionStrategy:
+        """The configured partition strategy, its options checked now rather than mid-gossip."""
+        options = self.config.partitioning
+        strategy = self.registry.partition_strategy(options["strategy"])
+        try:
+            strategy.partition_count(options)
+            strategy.initial_tokens(self.name, self.config.capacity, options,
+                                    random.Random(0))
+        except ValueError as exc:
+            raise errors.ConfigError(f"{options['strategy']}: {exc}") from None
+        return strategy
 
     def _check_resolvers(self) -> None:
         """Fail at start-up, not on the first read, when a bucket names a missing resolver."""
@@ -196,8 +209,8 @@ class Node:
                        asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                        asyncio.create_task(self._handoff_loop(), name="handoff"),
                        asyncio.create_task(self.anti_entropy.run(), name="anti-entropy")]
-        log.info("%s listening on %s (actor %s, %d tokens, engine %s)", self.name, self.listen,
-                 self.actor, len(self.membership.me.tokens), self.config.storage["engine"])
+        log.info("%s listening on %s (actor %s, %s, engine %s)", self.name, self.listen,
+                 self.actor, self.config.partitioning["strategy"], self.config.storage["engine"])
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -577,10 +590,11 @@ class Node:
         return self.liveness.state(name, time.time())
 
     def _handle_status(self, msg: Message, client: Client) -> None:
-        ownership = self.membership.ring.ownership()
+        ring = self.membership.ring
+        ownership = ring.ownership()
         members = [{"name": m.name, "address": m.address, "state": self.peer_state(m.name),
                     "since": self.liveness.since(m.name), "status": m.status,
-                    "capacity": m.capacity, "tokens": len(m.tokens),
+                    "capacity": m.capacity, "tokens": len(ring.tokens_of(m.name)),
                     "ownership": round(ownership.get(m.name, 0.0), 4), "version": m.version,
                     "last_heard": self.liveness.last_heard(m.name)}
                    for m in self.membership.members()]

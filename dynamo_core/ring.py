@@ -3,6 +3,11 @@
 A pure data structure: no I/O, no clocks, no randomness. Tokens come from a partition
 strategy; the ring only answers questions about them. Every node that holds the same
 token map computes the same answers, which is what lets coordinators agree without talking.
+
+A ring may also be cut into Q fixed, equal partitions (the paper's strategies 2 and 3). A key
+then belongs to its partition, and the partition is placed by walking the tokens clockwise
+from the partition's end: keys of one partition always share a preference list, and the
+partitions, not the token ranges, are the units of Merkle trees and of transfer.
 """
 
 from __future__ import annotations
@@ -11,9 +16,14 @@ import hashlib
 from bisect import bisect_left
 from typing import Iterator, Mapping
 
-from dynamo_core.hookspecs import RING_BITS, RING_SIZE
+#: The ring is the 128-bit hash space [0, RING_SIZE).
+RING_BITS = 128
+RING_SIZE = 1 << RING_BITS
 
-__all__ = ["Ring", "hash_bytes", "key_hash", "range_contains"]
+#: More partitions than this would make every node hold more Merkle trees than it has keys.
+MAX_PARTITIONS = 1 << 16
+
+__all__ = ["MAX_PARTITIONS", "RING_BITS", "RING_SIZE", "Ring", "hash_bytes", "key_hash", "partition_end", "partition_ends", "range_contains"]
 
 
 def hash_bytes(data: bytes) -> int:
@@ -41,6 +51,30 @@ def range_contains(start: int, end: int, h: int) -> bool:
     return h > start or h <= end
 
 
+def partition_ends(q: int) -> list[int]:
+    """The last position of each of ``q`` equal partitions, in order.
+
+    Partition ``k`` is ``(end[k-1], end[k]]`` with ``end[k] = floor((k+1)·2**128 / q) - 1``,
+    so the last one ends at the top of the space and the first starts at 0. When ``q`` does
+    not divide the space, sizes differ by at most one position.
+    """
+    _check_partition_count(q)
+    return [((k + 1) * RING_SIZE) // q - 1 for k in range(q)]
+
+
+def partition_end(h: int, q: int) -> int:
+    """The end of the partition (of ``q`` equal ones) that position ``h`` falls in."""
+    # h <= end[k]  <=>  (h+1)·q <= (k+1)·2**128, so k is the ceiling of (h+1)·q / 2**128, less 1.
+    k = ((h + 1) * q + RING_SIZE - 1) // RING_SIZE - 1
+    return ((k + 1) * RING_SIZE) // q - 1
+
+
+def _check_partition_count(q: object) -> None:
+    if not isinstance(q, int) or isinstance(q, bool) or not 1 <= q <= MAX_PARTITIONS:
+        raise ValueError(f"partition count must be an integer from 1 to {MAX_PARTITIONS}, "
+                         f"got {q!r}")
+
+
 def _span(start: int, end: int) -> int:
     """How many hash values the ring range ``(start, end]`` holds."""
     return (end - start) % RING_SIZE or RING_SIZE
@@ -57,12 +91,13 @@ class Ring:
 
     A key hashing to ``h`` belongs to the first token ``t >= h`` clockwise, wrapping past
     the top of the space to the smallest token (the paper's rule). Token ``t`` therefore
-    owns the range ``(previous token, t]``.
+    owns the range ``(previous token, t]``. With ``partitions=Q``, ``h`` first moves to the
+    end of its partition, so the whole partition goes where its end goes.
     """
 
-    __slots__ = ("_tokens", "_owners", "_by_node")
+    __slots__ = ("_tokens", "_owners", "_by_node", "_partitions", "_ends")
 
-    def __init__(self, tokens: Mapping[int, str]) -> None:
+    def __init__(self, tokens: Mapping[int, str], partitions: int | None = None) -> None:
         """Build a ring from ``token -> node name``; tokens must lie in ``[0, RING_SIZE)``."""
         for token in tokens:
             _check_position(token)
@@ -73,6 +108,10 @@ class Ring:
         for token, node in ordered:
             by_node.setdefault(node, []).append(token)
         self._by_node: dict[str, tuple[int, ...]] = {n: tuple(ts) for n, ts in by_node.items()}
+        self._partitions = partitions
+        #: the range ends: the partitions' if the ring is partitioned, else the tokens
+        self._ends: tuple[int, ...] = (
+            self._tokens if partitions is None else tuple(partition_ends(partitions)))
 
     @classmethod
     def empty(cls) -> Ring:
@@ -84,6 +123,11 @@ class Ring:
         """The distinct physical nodes holding at least one token."""
         return frozenset(self._by_node)
 
+    @property
+    def partitions(self) -> int | None:
+        """Q when the ring is cut into Q equal partitions, else None (token ranges)."""
+        return self._partitions
+
     def tokens_of(self, node: str) -> list[int]:
         """The sorted tokens of ``node`` (empty if it is not on the ring)."""
         return list(self._by_node.get(node, ()))
@@ -94,17 +138,21 @@ class Ring:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Ring):
             return NotImplemented
-        return self._tokens == other._tokens and self._owners == other._owners
+        return (self._tokens, self._owners, self._partitions) == (
+            other._tokens, other._owners, other._partitions)
 
     def __hash__(self) -> int:
-        return hash((self._tokens, self._owners))
+        return hash((self._tokens, self._owners, self._partitions))
 
     def __repr__(self) -> str:
-        return f"Ring({len(self._by_node)} nodes, {len(self._tokens)} tokens)"
+        cut = f", {self._partitions} partitions" if self._partitions else ""
+        return f"Ring({len(self._by_node)} nodes, {len(self._tokens)} tokens{cut})"
 
     def _index_of(self, h: int) -> int:
         """Index of the token owning ``h``; the ring must not be empty."""
         _check_position(h)
+        if self._partitions is not None:
+            h = partition_end(h, self._partitions)
         i = bisect_left(self._tokens, h)
         return 0 if i == len(self._tokens) else i
 
@@ -148,14 +196,26 @@ class Ring:
                 break
         return result
 
-    def ranges_of(self, node: str) -> list[tuple[int, int]]:
-        """The ``(start, end]`` ranges whose primary owner is ``node``, one per token.
+    def ranges(self) -> list[tuple[int, int]]:
+        """Every range ``(start, end]`` keys are grouped by: the partitions, or the tokens'.
 
-        Ranges are not merged when a node holds neighbouring tokens, so they stay aligned
-        with the tokens (strategy 3's fixed partitions, one Merkle tree per range). See
-        :func:`range_contains` for how wrapping ranges read.
+        Each range lies wholly in one token's range, so all its keys share one preference
+        list: the unit of a Merkle tree and of a transfer. Empty on an empty ring.
         """
-        return [(self._predecessor(t), t) for t in self._by_node.get(node, ())]
+        if not self._tokens:
+            return []
+        ends = self._ends
+        return [(ends[i - 1], end) for i, end in enumerate(ends)]
+
+    def ranges_of(self, node: str) -> list[tuple[int, int]]:
+        """The ranges (see :meth:`ranges`) whose primary owner is ``node``.
+
+        Ranges are not merged when a node holds neighbouring ones, so they stay aligned
+        with the tokens or partitions. See :func:`range_contains` for how wrapping ranges read.
+        """
+        if self._partitions is None:
+            return [(self._predecessor(t), t) for t in self._by_node.get(node, ())]
+        return [r for r in self.ranges() if self.primary(r[1]) == node]
 
     def _predecessor(self, token: int) -> int:
         """The token just before ``token`` clockwise (itself on a one-token ring)."""
@@ -163,7 +223,7 @@ class Ring:
 
     def ownership(self) -> dict[str, float]:
         """The fraction of the hash space each node primarily owns (sums to 1)."""
-        return {
-            node: sum(_span(start, end) for start, end in self.ranges_of(node)) / RING_SIZE
-            for node in sorted(self._by_node)
-        }
+        spans: dict[str, int] = {node: 0 for node in self._by_node}
+        for start, end in self.ranges():
+            spans[self.primary(end)] += _span(start, end)
+        return {node: spans[node] / RING_SIZE for node in sorted(spans)}

@@ -41,10 +41,8 @@ CONFIG: dict[str, Any] = {
     "anti_entropy": {"interval": 0.05},
     "handoff": {"interval": 0.2},
     "background": {"rate": 100000.0, "burst": 1000, "max_concurrent": 8},
-    # More tokens than the default 64 keep a node's share of the ring close to 1/n (with
-    # 128 random tokens each, a fifth node's share of replicas is within 12% of 3/5 in 99
-    # rings out of 100), so the test measures the transfer, not the luck of the draw.
-    "partitioning": {"tokens_per_capacity": 128},
+    # The default strategy 3 gives every node its fair share of partitions (give or take
+    # one), so the test measures the transfer, not the luck of a random draw.
 }
 
 
@@ -290,8 +288,13 @@ def test_a_leaving_node_hands_its_ranges_off_then_exits_and_every_key_keeps_n_co
 # ====================================================================== remove
 
 
-def test_a_removed_node_is_rebuilt_from_the_other_replicas(cluster):
-    cl = cluster(5, config=CONFIG)
+@pytest.mark.parametrize("strategy, extra", [("strategy-1", 1.0), ("strategy-3", 1.15)])
+def test_a_removed_node_is_rebuilt_from_the_other_replicas(cluster, strategy, extra):
+    # Under strategy 1 exactly the dead node's ranges move. Strategy 3 keeps every node's
+    # share equal, so a few partitions also change hands among the others (``extra``).
+    options = {"strategy": strategy, **({"tokens_per_capacity": 128}
+                                        if strategy == "strategy-1" else {})}
+    cl = cluster(5, config={**CONFIG, "partitioning": options})
     keys = {f"remove-{i}": i for i in range(KEYS)}
     load(cl, keys)
     before = wait_for(lambda: converged(cl, cl.names, len(keys)), 20, "the cluster to settle")
@@ -322,7 +325,7 @@ def test_a_removed_node_is_rebuilt_from_the_other_replicas(cluster):
           f"(read repair the rest) in {took:.1f}s; {reader.summary()}")
     # Each lost copy is rebuilt once: by anti-entropy, or by read repair when the reader
     # got to it first.
-    assert rebuilt <= lost
+    assert rebuilt <= lost * extra
     for name in stay:
         seen = {m["name"]: m["status"] for m in status(cl, name)["members"]}
         assert seen[dead] == "removed", (name, seen)
@@ -342,18 +345,22 @@ def test_a_get_during_a_join_does_not_count_the_new_nodes_empty_answer_as_the_ke
     with cl.client() as c:
         for key, value in keys.items():
             c.put(key, value, w=3)
+
+    def walk(key: str) -> list[str]:
+        with cl.client("n1") as c:
+            return [n["name"] for n in c.preflist(key, node=cl.address("n1"))["nodes"]]
+
+    homes_before = {k: set(walk(k)[:N]) for k in keys}
     start_without_seeds(cl, "n5")
     with cl.client("n5") as c:
         c.join(cl.address("n5"), seed=cl.address("n1"))
     wait_for(lambda: all(len({m["name"] for m in status(cl, n)["members"]
                               if m["status"] == "up"}) == 5 for n in cl.names), 10,
              "every node to see n5 up")
-
-    def walk(key: str) -> list[str]:
-        with cl.client("n1") as c:
-            return [n["name"] for n in c.preflist(key, node=cl.address("n1"))["nodes"]]
-
-    key = next(k for k in keys if "n5" in walk(k)[:N])
+    # A key n5 became a home of, whose old homes are the walk's next ones (under strategy 3
+    # a few partitions also change hands among the old nodes; those keys do not fit).
+    key = next(k for k in keys if "n5" in walk(k)[:N]
+               and set(walk(k)[:N + 1]) - {"n5"} == homes_before[k])
     order = walk(key)
     slow = [h for h in order[:N] if h != "n5"]  # the two homes that hold the key
     coordinator = order[4]  # the second fallback: it never held the key
