@@ -80,11 +80,11 @@ def cmd_get(args: argparse.Namespace) -> str:
     return "\n".join([*lines, f"context: {doc['context']}"])
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, what: str = "VALUE") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"VALUE is not valid JSON ({exc.msg} at column {exc.colno}); "
+        raise UsageError(f"{what} is not valid JSON ({exc.msg} at column {exc.colno}); "
                          f"quote strings, e.g. '\"book\"'") from None
 
 
@@ -101,6 +101,16 @@ def cmd_delete(args: argparse.Namespace) -> str:
         context = c.delete(args.key, args.context, args.w, bucket=args.bucket)
     text = context_text(context)
     return _dump({"context": text}) if args.json else f"deleted\ncontext: {text}"
+
+
+def cmd_request(args: argparse.Namespace) -> str:
+    """Send a protocol extension's message; print its reply body as JSON."""
+    body = _parse_value(args.body, "BODY")
+    if not isinstance(body, dict):
+        raise UsageError(f"BODY must be a JSON object, got {type(body).__name__}")
+    with _client(args) as c:
+        reply = c.request(args.type, body, args.node)
+    return _dump(reply)
 
 
 # ====================================================================== operator commands
@@ -183,9 +193,14 @@ def cmd_plugins(args: argparse.Namespace) -> str:
     registry = Registry(make_plugin_manager(cfg.plugin_modules))
     dists = {name: f"{dist.project_name} {dist.version}"
              for name, dist in _plugin_distributions(registry)}
+    where = lambda plugin: dists.get(plugin, "config [plugins] modules")  # noqa: E731
     doc = {kind: [{"name": n, "plugin": registry.source(kind, n),
-                   "from": dists.get(registry.source(kind, n), "config [plugins] modules")}
+                   "from": where(registry.source(kind, n))}
                   for n in registry.names(kind)] for kind in registry.KINDS}
+    # Event hooks (lifecycle, observation): listed under the hook, by plugin.
+    for hook in registry.EVENT_HOOKS:
+        doc[hook] = [{"name": plugin, "plugin": plugin, "from": where(plugin)}
+                     for plugin in registry.listeners(hook)]
     if args.json:
         return _dump(doc)
     rows = [[kind, e["name"], e["plugin"], e["from"]] for kind, es in doc.items() for e in es]
@@ -316,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--w", type=_positive(int), help="write quorum for this request")
         p.add_argument("--context", help="context printed by a get (base64)")
 
+    p = command("request", cmd_request, "send a protocol extension's message; print the reply")
+    p.add_argument("type", metavar="TYPE", help="message type, '<extension>.<verb>'")
+    p.add_argument("body", metavar="BODY", nargs="?", default="{}",
+                   help="the message body as a JSON object (default {})")
     command("status", cmd_status, "membership, ring ownership and counters as a node sees them")
     p = command("inspect", cmd_inspect, "the versions of KEY in one node's local storage")
     keyed(p)

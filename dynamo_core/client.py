@@ -119,6 +119,27 @@ class _Requests:
             body["w"] = w
         return body
 
+    def reply_type(self, msg_type: str) -> str:
+        """The reply a request expects; for an extension's message, ``<type>_ok``.
+
+        An extension's reply is not in the built-in schemas: the client accepts its fields
+        unchecked (the decoder's limits still apply), since the caller asked for it by name.
+        """
+        reply = _REPLY_OF.get(msg_type)
+        if reply is None:
+            reply = f"{msg_type}_ok"
+            self.codec.schemas.setdefault(reply, None)
+        return reply
+
+    @staticmethod
+    def extension_body(msg_type: str, body: Any) -> dict[str, Any]:
+        if not isinstance(msg_type, str) or "." not in msg_type:
+            raise InvalidRequest(f"an extension's message type is '<extension>.<verb>', "
+                                 f"got {msg_type!r}")
+        if body is not None and not isinstance(body, dict):
+            raise InvalidRequest(f"a message body is a map, got {type(body).__name__}")
+        return dict(body or {})
+
     @staticmethod
     def parse(msg: Message, expected: str) -> dict[str, Any]:
         if msg.type == "error":
@@ -212,6 +233,11 @@ class Client:
     def ping(self, node: str | None = None) -> str:
         return self._call("ping", {}, node).get("node", "")
 
+    def request(self, msg_type: str, body: dict[str, Any] | None = None,
+                node: str | None = None) -> dict[str, Any]:
+        """Send a protocol extension's message (``"<extension>.<verb>"``); its reply body."""
+        return self._call(msg_type, self._req.extension_body(msg_type, body), node)
+
     def join(self, node: str, seed: str) -> None:
         """Ask the node at ``node`` to join the cluster that ``seed`` belongs to."""
         self._call("join", {"seed": seed}, node)
@@ -237,6 +263,7 @@ class Client:
         return sock
 
     def _call(self, msg_type: str, body: dict[str, Any], node: str | None) -> dict[str, Any]:
+        expected = self._req.reply_type(msg_type)
         address = self._req.pick(node)
         sock = self._socket(address)
         req_id = self._req.next_id()
@@ -250,7 +277,7 @@ class Client:
                               f"{self._req.timeout:g}s")
             msg = self._req.codec.decode(sock.recv())
             if msg.id == req_id:  # anything else is a late answer to an earlier request
-                return self._req.parse(msg, _REPLY_OF[msg_type])
+                return self._req.parse(msg, expected)
 
     def close(self) -> None:
         for sock in self._socks.values():
@@ -327,6 +354,11 @@ class AsyncClient:
     async def ping(self, node: str | None = None) -> str:
         return (await self._call("ping", {}, node)).get("node", "")
 
+    async def request(self, msg_type: str, body: dict[str, Any] | None = None,
+                      node: str | None = None) -> dict[str, Any]:
+        """Send a protocol extension's message (``"<extension>.<verb>"``); its reply body."""
+        return await self._call(msg_type, self._req.extension_body(msg_type, body), node)
+
     def _reader(self, address: str) -> SocketReader:
         reader = self._readers.get(address)
         if reader is None:
@@ -349,6 +381,7 @@ class AsyncClient:
 
     async def _call(self, msg_type: str, body: dict[str, Any],
                     node: str | None) -> dict[str, Any]:
+        expected = self._req.reply_type(msg_type)
         address = self._req.pick(node)
         reader = self._reader(address)
         req_id = self._req.next_id()
@@ -368,7 +401,7 @@ class AsyncClient:
                           f"{self._req.timeout:g}s") from None
         finally:
             self._waiting.pop(req_id, None)
-        return self._req.parse(msg, _REPLY_OF[msg_type])
+        return self._req.parse(msg, expected)
 
     async def close(self) -> None:
         for reader in self._readers.values():

@@ -71,6 +71,8 @@ class Config:
         default_factory=lambda: {"strategy": "strategy-3"})
     buckets: Mapping[str, BucketConfig] = field(default_factory=dict)
     plugin_modules: tuple[str, ...] = ()
+    #: [extensions.<name>] tables: each protocol extension's own options
+    extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def bucket(self, name: str) -> BucketConfig:
         """A bucket's settings; buckets not in the file use the cluster's quorum."""
@@ -80,7 +82,8 @@ class Config:
 # ---------------------------------------------------------------------- loading
 
 _SECTIONS = {"cluster", "node", "storage", "failure_detector", "partitioning", "buckets",
-             "plugins", "limits", "handoff", "anti_entropy", "background", "tombstones"}
+             "plugins", "limits", "handoff", "anti_entropy", "background", "tombstones",
+             "extensions"}
 _CLUSTER_KEYS = {"n", "r", "w", "request_timeout", "gossip_interval", "heartbeat_interval"}
 #: section -> TOML key -> Config field, for the plain numeric settings
 _NUMERIC = {
@@ -146,6 +149,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
         failure_detector={**defaults.failure_detector, **_table(data, "failure_detector", source)},
         partitioning={**defaults.partitioning, **_table(data, "partitioning", source)},
         plugin_modules=_plugin_modules(data, source),
+        extensions=_extensions(data, source),
     )
     config = replace(config, **_numeric_sections(data, defaults, source))
     if config.tombstone_grace <= config.handoff_max_age:
@@ -207,6 +211,16 @@ def _plugin_modules(data: Mapping[str, Any], source: str) -> tuple[str, ...]:
     if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
         raise ConfigError("[plugins] modules must be a list of import paths (text)")
     return tuple(modules)
+
+
+def _extensions(data: Mapping[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """The options of each protocol extension; the node checks the names are installed."""
+    tables = _table(data, "extensions", source)
+    for name, options in tables.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"{source} [extensions.{name}] must be a table of the "
+                              f"extension's options")
+    return tables
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:

@@ -1,21 +1,35 @@
 """The public hook API: everything a plugin may import from the core.
 
-Every hook is named ``dynamo_*``. Registry hooks (``dynamo_storage_engines``,
-``dynamo_resolvers``, ``dynamo_partition_strategies``) are called on every plugin and each
-returns a mapping of names to implementations; the plugin manager merges them and refuses a
-name claimed twice. ``firstresult`` is kept for decisions, where one answer is wanted.
+Every hook is named ``dynamo_*`` and falls in one of three groups:
+
+* **Registries** (``dynamo_storage_engines``, ``dynamo_resolvers``,
+  ``dynamo_partition_strategies``, ``dynamo_failure_detectors``,
+  ``dynamo_protocol_extensions``): called once per node on every plugin; each returns a
+  mapping of names to implementations. The plugin manager merges them, refuses a name
+  claimed twice, and the config picks implementations by name.
+* **Lifecycle** (``dynamo_node_started``, ``dynamo_node_stopping``,
+  ``dynamo_membership_changed``): a node tells every plugin what happened to it.
+* **Observation** (``dynamo_request_completed``): once per client request a node answered,
+  with its operation, latency and outcome; what a metrics plugin needs.
+
+Lifecycle and observation hooks run on the node's event loop: they must be quick and must
+not block. A hook that raises is logged and counted (``plugin_errors`` in ``dynamo status``);
+it never stops the node or the other plugins.
 
 A plugin is a module (or object) with functions decorated by :data:`hookimpl`. Built-ins in
 ``dynamo_plugins`` and ``dynamo_resolvers`` register through the ``dynamo`` entry-point group,
-exactly as a third-party package does, or through ``[plugins] modules`` in the config.
+exactly as a third-party package does, or through ``[plugins] modules`` in the config. The
+plugin author's guide is ``docs/plugins.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import (
     Any,
+    Awaitable,
     Callable,
     Iterator,
     Mapping,
@@ -26,7 +40,26 @@ from typing import (
 
 import pluggy
 
+from .errors import DynamoError, InvalidRequest, Overloaded, Unavailable
 from .ring import MAX_PARTITIONS, RING_BITS, RING_SIZE, partition_ends
+from .wire import Field, anything, integer, list_of, of_type, text
+
+__all__ = [
+    # markers
+    "PROJECT", "hookimpl", "hookspec",
+    # the ring, for partition strategies
+    "MAX_PARTITIONS", "RING_BITS", "RING_SIZE", "partition_ends", "MemberInfo",
+    "PartitionStrategy",
+    # storage, resolvers, failure detection
+    "StorageEngine", "StorageFactory", "Sibling", "Resolver", "PEER_STATES",
+    "FailureDetector", "FailureDetectorFactory",
+    # protocol extensions, lifecycle, observation
+    "NodeAPI", "PeerView", "Request", "MessageType", "PeriodicTask", "ProtocolExtension",
+    "ExtensionFactory", "RequestEvent",
+    # message body checks (see MessageType.fields) and the errors a handler may raise
+    "Field", "anything", "integer", "list_of", "of_type", "text",
+    "DynamoError", "InvalidRequest", "Overloaded", "Unavailable",
+]
 
 PROJECT = "dynamo"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -157,6 +190,152 @@ class FailureDetector(Protocol):
 FailureDetectorFactory = Callable[[Mapping[str, Any]], FailureDetector]
 
 
+# --------------------------------------------------------------------------- the node
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """A member of the cluster as one node sees it."""
+
+    name: str
+    address: str
+    #: the member's own record: ``"joining"``, ``"up"``, ``"leaving"`` or ``"removed"``
+    status: str
+    #: this node's failure detector's opinion: ``"up"``, ``"suspect"`` or ``"down"``
+    state: str
+
+
+class NodeAPI(Protocol):
+    """What a plugin may use of the node it runs on: identity, membership, stats, the bus.
+
+    The same object is passed to every hook of one node; two nodes in one process pass
+    two objects, so a plugin keeping per-node state keys it by (or closes over) this one.
+    """
+
+    #: the node's name and listening address
+    name: str
+    address: str
+    #: randomness for plugins, seeded per node (tests can make it deterministic)
+    rng: random.Random
+
+    def now(self) -> float:
+        """The node's clock, in seconds (wall clock)."""
+        ...
+
+    def members(self) -> list[PeerView]:
+        """Every member this node knows of, itself included, sorted by name."""
+        ...
+
+    def preference_list(self, bucket: str, key: str) -> list[str]:
+        """The key's N home nodes, then its fallbacks, as this node's ring has them."""
+        ...
+
+    def local_key_count(self) -> int:
+        """How many keys this node holds as a replica (not as a stand-in for others)."""
+        ...
+
+    def stats(self) -> Mapping[str, Any]:
+        """The document ``dynamo status`` shows for this node."""
+        ...
+
+    def options(self, extension: str) -> Mapping[str, Any]:
+        """The ``[extensions.<extension>]`` table of the config (empty if absent)."""
+        ...
+
+    async def call(self, peer: str, msg_type: str, body: Mapping[str, Any],
+                   timeout: float | None = None) -> dict[str, Any]:
+        """Send a request to a peer node and await its reply body.
+
+        Raises :class:`Unavailable` (no address, cannot send), ``Timeout`` (no answer within
+        ``timeout``, default the cluster's request timeout) or the error the peer replied.
+        """
+        ...
+
+    def send(self, peer: str, msg_type: str, body: Mapping[str, Any]) -> None:
+        """Send a one-way message to a peer: no reply, no delivery guarantee."""
+        ...
+
+
+# --------------------------------------------------------------------------- extensions
+
+
+@dataclass(frozen=True)
+class Request:
+    """An extension message a node received."""
+
+    type: str
+    body: dict[str, Any]
+    #: the sending node's name, or None when a client sent it
+    sender: str | None
+
+
+#: Answers one extension message: returns the reply body (a map), or raises a
+#: :class:`DynamoError` (sent back as an error reply). May be a coroutine function.
+Handler = Callable[[NodeAPI, Request], "Mapping[str, Any] | Awaitable[Mapping[str, Any]]"]
+
+
+@dataclass(frozen=True)
+class MessageType:
+    """A message type an extension adds to the bus, with its handler.
+
+    The name must start with ``<extension name>.``, so extensions can never collide with
+    the core or with each other. The reply travels as ``<name>_ok``. Bodies are checked on
+    receipt against ``fields`` (and replies against ``reply_fields``) before any handler
+    runs, exactly like the core's own messages: unknown fields, missing required ones and
+    values failing their check are rejected with an error reply naming the problem.
+    """
+
+    name: str
+    handler: Handler
+    fields: Mapping[str, Field] = dataclasses.field(default_factory=dict)
+    reply_fields: Mapping[str, Field] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PeriodicTask:
+    """Background work an extension runs on every node, every ``interval`` seconds.
+
+    Runs are jittered by 10% (nodes do not act in lock step), never overlap, and each one
+    takes a slot of the node's background budget, the same admission control hint delivery
+    and anti-entropy use, so foreground latency holds. A run that raises is logged and the
+    task carries on.
+    """
+
+    name: str
+    interval: float
+    run: Callable[[NodeAPI], "Awaitable[None] | None"]
+
+
+@dataclass(frozen=True)
+class ProtocolExtension:
+    """What one extension adds to a node: message types and periodic tasks."""
+
+    messages: Sequence[MessageType] = ()
+    tasks: Sequence[PeriodicTask] = ()
+
+
+#: Builds an extension for one node. Called once per node at start-up; per-node state lives
+#: in the closure or objects it creates. Options come from ``node.options(name)``.
+ExtensionFactory = Callable[[NodeAPI], ProtocolExtension]
+
+
+@dataclass(frozen=True)
+class RequestEvent:
+    """One client request a node answered (get, put or delete), for observers."""
+
+    #: ``"get"``, ``"put"`` or ``"delete"``
+    op: str
+    bucket: str
+    key: str
+    #: seconds from arrival to reply, as this node measured them
+    latency: float
+    #: ``"ok"``, or the error code replied (``"QuorumNotMet"``, ``"Timeout"``, ...)
+    outcome: str
+    #: True when another node forwarded the request here (a put to a non-home node): the
+    #: forwarding node reports the same request too
+    forwarded: bool = False
+
+
 # --------------------------------------------------------------------------- hook specs
 
 
@@ -178,3 +357,37 @@ def dynamo_partition_strategies() -> Mapping[str, PartitionStrategy]:
 @hookspec
 def dynamo_failure_detectors() -> Mapping[str, FailureDetectorFactory]:
     """Failure detectors this plugin offers, by the name ``[failure_detector] plugin`` selects."""
+
+
+@hookspec
+def dynamo_protocol_extensions() -> Mapping[str, ExtensionFactory]:
+    """Protocol extensions this plugin offers, by name; each installed one runs on the node.
+
+    An extension adds message types (with their handlers) and periodic tasks to every node
+    that loads it, riding the same ZeroMQ bus and wire format as the core. Its options are
+    the ``[extensions.<name>]`` table of the config.
+    """
+
+
+@hookspec
+def dynamo_node_started(node: NodeAPI) -> None:
+    """The node is listening and its background tasks run (called once per start)."""
+
+
+@hookspec
+def dynamo_node_stopping(node: NodeAPI) -> None:
+    """The node is about to stop: its sockets still work, its background tasks are ending."""
+
+
+@hookspec
+def dynamo_membership_changed(node: NodeAPI, members: Sequence[PeerView]) -> None:
+    """This node's view of the membership changed (a join, leave, removal, new address).
+
+    ``members`` is the new view, sorted by name. Not called for failure-detector opinions
+    (up/suspect/down), which change far more often; read them from ``node.members()``.
+    """
+
+
+@hookspec
+def dynamo_request_completed(node: NodeAPI, event: RequestEvent) -> None:
+    """A client request (get, put, delete) this node answered: op, latency and outcome."""

@@ -82,6 +82,9 @@ class Membership:
         self._options = dict(strategy_options)
         self.seeds = tuple(s for s in seeds if s != me.address)
         self._ring: Ring | None = None
+        #: raised whenever a member is added or its address, capacity, tokens or status
+        #: change (not on a bare version bump): what "the membership changed" means
+        self.generation = 0
 
     # ----------------------------------------------------------------- views
 
@@ -153,6 +156,9 @@ class Membership:
         if old is None or (old.tokens, old.status, old.capacity) != (
                 member.tokens, member.status, member.capacity):
             self._ring = None
+            self.generation += 1
+        elif old.address != member.address:
+            self.generation += 1
 
     # ----------------------------------------------------------------- gossip
 

@@ -42,8 +42,7 @@ import hashlib
 from bisect import bisect_left
 from typing import Iterable, Sequence
 
-from .ring import RING_SIZE
-from .ring import key_hash, range_contains
+from .ring import RING_SIZE, key_hash, range_contains
 from .store import storage_key
 from .versions import Version
 

@@ -28,8 +28,9 @@ from .antientropy import AntiEntropy
 from .config import Config
 from .coordinator import Coordinator, Effect, Fail, KeyPlan, PeerFailed, Reply, Send
 from .errors import DynamoError, InvalidRequest, WireError
-from .hookspecs import PartitionStrategy
+from .extensions import OBSERVED_OPS, Extensions
 from .handoff import HandoffPlanner, HintStore
+from .hookspecs import PartitionStrategy
 from .liveness import Liveness
 from .membership import Member, Membership
 from .plugins import Registry, make_plugin_manager
@@ -54,6 +55,20 @@ class Client:
     req_id: int | None
     #: when the request arrived: foreground latency feeds background admission control
     arrived: float = 0.0
+    #: for client operations (get, put, delete), what observers are told when it completes
+    op: str | None = None
+    bucket: str = ""
+    key: str = ""
+    forwarded: bool = False
+
+
+def _client_of(identity: bytes, msg: Message, now: float) -> Client:
+    """The reply address of a request, and what it asks, if it is a client operation."""
+    if msg.type not in OBSERVED_OPS:
+        return Client(identity, msg.id, now)
+    b = msg.body
+    return Client(identity, msg.id, now, msg.type, b["bucket"], b["key"],
+                  bool(b.get("forwarded")))
 
 
 class Node:
@@ -115,6 +130,9 @@ class Node:
         self.anti_entropy = AntiEntropy(self)
         #: set when this node has left the cluster and should exit
         self.left = asyncio.Event()
+        self.extensions = Extensions(self, self.registry)
+        self._handlers.update(self.extensions.handlers())
+        self._membership_seen = self.membership.generation
 
     # ================================================================== lifecycle
 
@@ -208,14 +226,18 @@ class Node:
                        asyncio.create_task(self._gossip_loop(), name="gossip"),
                        asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                        asyncio.create_task(self._handoff_loop(), name="handoff"),
-                       asyncio.create_task(self.anti_entropy.run(), name="anti-entropy")]
+                       asyncio.create_task(self.anti_entropy.run(), name="anti-entropy"),
+                       *self.extensions.start_tasks()]
         log.info("%s listening on %s (actor %s, %s, engine %s)", self.name, self.listen,
                  self.actor, self.config.partitioning["strategy"], self.config.storage["engine"])
+        self.extensions.notify("dynamo_node_started")
 
     async def stop(self) -> None:
+        self.extensions.notify("dynamo_node_stopping")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.extensions.stop()
         await self.transport.close()
         self.store.close()
         self.hints.close()
@@ -226,6 +248,10 @@ class Node:
             await asyncio.sleep(TICK_SECONDS)
             now = time.time()
             self._run(self.coordinator.on_tick(now))
+            if self.membership.generation != self._membership_seen:
+                self._membership_seen = self.membership.generation
+                self.extensions.notify("dynamo_membership_changed",
+                                       members=self.extensions.api.members())
 
     async def _gossip_loop(self) -> None:
         # Peer sockets only queue on live connections: open them first, give them a moment.
@@ -244,9 +270,9 @@ class Node:
             await asyncio.sleep(self.config.heartbeat_interval / 2)
             peers = [m.name for m in self.membership.members() if m.status != "removed"]
             for peer in self.liveness.refresh(peers, time.time()):
-                self._send_one_way(peer, "ping", {})
+                self.send_one_way(peer, "ping", {})
 
-    def _send_one_way(self, peer: str, msg_type: str, body: dict[str, Any]) -> None:
+    def send_one_way(self, peer: str, msg_type: str, body: dict[str, Any]) -> None:
         address = self.membership.address_of(peer)
         if address is None:
             return
@@ -319,7 +345,7 @@ class Node:
             self._reject(identity, self.codec.request_id_of(frames[0]), exc)
             return
         now = time.time()
-        client = Client(identity, msg.id, now)
+        client = _client_of(identity, msg, now)
         if msg.sender:
             self.liveness.heard_from(msg.sender, now)
         if msg.expires is not None and now > msg.expires:
@@ -329,21 +355,21 @@ class Node:
             return
         handler = self._handlers.get(msg.type)
         if handler is None:
-            self._reply_error(client, InvalidRequest(
+            self.reply_error(client, InvalidRequest(
                 f"{msg.type} is a reply type; a node does not accept it as a request"))
             return
         try:
             handler(msg, client)
         except DynamoError as exc:
-            self._reply_error(client, exc)
+            self.reply_error(client, exc)
         except Exception as exc:  # noqa: BLE001 - report, log, keep serving
             log.exception("%s: %s request failed", self.name, msg.type)
-            self._reply_error(client, DynamoError(f"internal error handling {msg.type}: {exc}"))
+            self.reply_error(client, DynamoError(f"internal error handling {msg.type}: {exc}"))
 
     def _reject(self, identity: bytes, req_id: int | None, exc: WireError) -> None:
         self.malformed_frames += 1
         log.warning("%s: rejected a malformed frame: %s", self.name, exc)
-        self._reply_error(Client(identity, req_id), exc)
+        self.reply_error(Client(identity, req_id), exc)
 
     def _on_peer_reply(self, address: str, frames: list[bytes]) -> None:
         if len(frames) != 1:
@@ -378,10 +404,10 @@ class Node:
             if isinstance(effect, Send):
                 queue.extend(self._send(effect))
             elif isinstance(effect, Reply):
-                self._reply(effect.client, effect.msg_type, effect.body)
+                self.reply(effect.client, effect.msg_type, effect.body)
                 self.budget.observe(time.time() - effect.client.arrived, time.time())
             elif isinstance(effect, Fail):
-                self._reply_error(effect.client, effect.error)
+                self.reply_error(effect.client, effect.error)
                 self.budget.observe(time.time() - effect.client.arrived, time.time())
             elif isinstance(effect, PeerFailed):
                 self.liveness.request_failed(effect.peer, time.time())
@@ -412,17 +438,21 @@ class Node:
         """When a request sent now is void: after its sender, and any forwarder, gave up."""
         return now + self.config.request_timeout * 2 + 1.0
 
-    def _reply(self, client: Client, msg_type: str, body: dict[str, Any]) -> None:
+    def reply(self, client: Client, msg_type: str, body: dict[str, Any]) -> None:
         try:
             frame = self.codec.encode(msg_type, body, client.req_id, self.name)
         except WireError as exc:
-            frame = self.codec.encode("error", errors.to_wire(exc), client.req_id, self.name)
+            msg_type, body = "error", errors.to_wire(exc)
+            frame = self.codec.encode(msg_type, body, client.req_id, self.name)
         self.transport.reply(client.identity, frame)
+        if client.op is not None:
+            self.extensions.request_completed(
+                client, "ok" if msg_type != "error" else body["code"], time.time())
 
-    def _reply_error(self, client: Client, exc: DynamoError) -> None:
+    def reply_error(self, client: Client, exc: DynamoError) -> None:
         body = errors.to_wire(exc)
         body["message"] = body["message"][:4000]
-        self._reply(client, "error", body)
+        self.reply(client, "error", body)
 
     # ================================================================== handlers
 
@@ -482,16 +512,16 @@ class Node:
         return "replica_put_ok", {"changed": self.store.apply(bucket, key, incoming)}
 
     def _handle_replica_get(self, msg: Message, client: Client) -> None:
-        self._reply(client, *self._serve_replica(msg.type, msg.body))
+        self.reply(client, *self._serve_replica(msg.type, msg.body))
 
     def _handle_replica_put(self, msg: Message, client: Client) -> None:
         reply = self._serve_replica(msg.type, msg.body)
         if client.req_id is not None:
-            self._reply(client, *reply)
+            self.reply(client, *reply)
 
     def _handle_gossip(self, msg: Message, client: Client) -> None:
         self._merge_gossip(msg.body["members"])
-        self._reply(client, "gossip_ok", {"members": self.membership.to_wire()})
+        self.reply(client, "gossip_ok", {"members": self.membership.to_wire()})
 
     def _merge_gossip(self, records: list[dict[str, Any]]) -> None:
         members = []
@@ -512,7 +542,7 @@ class Node:
 
     def _handle_anti_entropy(self, msg: Message, client: Client) -> None:
         try:
-            self._reply(client, *self.anti_entropy.serve(msg.type, msg.body))
+            self.reply(client, *self.anti_entropy.serve(msg.type, msg.body))
         except ValueError as exc:
             raise InvalidRequest(f"{msg.type}: {exc}") from None
 
@@ -525,7 +555,7 @@ class Node:
         if not all(v.tombstone for v in versions):
             raise InvalidRequest("reap: only tombstones are reaped")
         reaped = self.store.remove(b["bucket"], b["key"], versions)
-        self._reply(client, "reap_ok", {"reaped": reaped})
+        self.reply(client, "reap_ok", {"reaped": reaped})
 
     def _handle_join(self, msg: Message, client: Client) -> None:
         """Join the cluster a seed belongs to: gossip with it now, and from then on."""
@@ -537,7 +567,7 @@ class Node:
         self.transport.connect(seed)
         asyncio.get_running_loop().call_later(CONNECT_SECONDS, self._gossip_once, seed)
         log.info("%s: joining the cluster through %s", self.name, seed)
-        self._reply(client, "join_ok", {})
+        self.reply(client, "join_ok", {})
 
     def _handle_leave(self, msg: Message, client: Client) -> None:
         """Leave gracefully: step off the ring, hand every range over, then exit."""
@@ -547,7 +577,7 @@ class Node:
             log.info("%s: leaving; handing %d keys over before exiting", self.name,
                      len(self.store))
             self._tasks.append(asyncio.create_task(self._finish_leaving(), name="leave"))
-        self._reply(client, "leave_ok", {})
+        self.reply(client, "leave_ok", {})
 
     async def _finish_leaving(self) -> None:
         while True:
@@ -578,10 +608,10 @@ class Node:
                                                    version=member.version + 1)])
         self.liveness.forget(name)
         log.info("%s: removed %s from the cluster", self.name, name)
-        self._reply(client, "remove_ok", {})
+        self.reply(client, "remove_ok", {})
 
     def _handle_ping(self, msg: Message, client: Client) -> None:
-        self._reply(client, "pong", {"node": self.name})
+        self.reply(client, "pong", {"node": self.name})
 
     # ---------------------------------------------------------------- operator views
 
@@ -590,6 +620,10 @@ class Node:
         return self.liveness.state(name, time.time())
 
     def _handle_status(self, msg: Message, client: Client) -> None:
+        self.reply(client, "status_ok", {"status": self.status_document()})
+
+    def status_document(self) -> dict[str, Any]:
+        """What ``dynamo status`` shows: this node's view of the cluster and its counters."""
         ring = self.membership.ring
         ownership = ring.ownership()
         members = [{"name": m.name, "address": m.address, "state": self.peer_state(m.name),
@@ -598,7 +632,7 @@ class Node:
                     "ownership": round(ownership.get(m.name, 0.0), 4), "version": m.version,
                     "last_heard": self.liveness.last_heard(m.name)}
                    for m in self.membership.members()]
-        self._reply(client, "status_ok", {"status": {
+        return {
             "node": self.name, "address": self.listen, "actor": self.actor,
             "members": members, "keys": self.anti_entropy.keys_held(),
             "hints_pending": self.hints.pending(), "hints_bytes": self.hints.bytes_used,
@@ -613,14 +647,19 @@ class Node:
             "failure_detector": self.config.failure_detector["plugin"],
             "malformed_frames": self.malformed_frames,
             "expired_requests": self.expired_requests,
-        }})
+            "replication": self.config.n,
+            "partitioning": self.config.partitioning["strategy"],
+            "partitions": ring.partitions,
+            "extensions": sorted(self.extensions.installed),
+            "plugin_errors": self.extensions.errors,
+        }
 
     def _handle_inspect(self, msg: Message, client: Client) -> None:
         bucket, key = msg.body["bucket"], msg.body["key"]
         versions = [_version_view(v) for v in self.store.read(bucket, key)]
         hints = [{"for": target, "versions": [_version_view(v) for v in hinted]}
                  for target, hinted in sorted(self.hints.for_key(bucket, key).items())]
-        self._reply(client, "inspect_ok", {"inspect": {
+        self.reply(client, "inspect_ok", {"inspect": {
             "node": self.name, "bucket": bucket, "key": key, "versions": versions,
             "hints": hints}})
 
@@ -631,7 +670,7 @@ class Node:
         nodes = [{"name": name, "address": self.membership.address_of(name),
                   "role": "home" if i < n else "fallback", "state": self.peer_state(name)}
                  for i, name in enumerate(walk)]
-        self._reply(client, "preflist_ok", {"preflist": {
+        self.reply(client, "preflist_ok", {"preflist": {
             "node": self.name, "bucket": bucket, "key": key, "n": n, "nodes": nodes}})
 
 

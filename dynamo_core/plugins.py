@@ -39,6 +39,7 @@ class Registry:
         "resolver": "dynamo_resolvers",
         "partition strategy": "dynamo_partition_strategies",
         "failure detector": "dynamo_failure_detectors",
+        "protocol extension": "dynamo_protocol_extensions",
     }
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
@@ -57,6 +58,14 @@ class Registry:
                                       f"and {impl.plugin_name}")
                 found[name] = (obj, impl.plugin_name)
         return found
+
+    #: Hooks a plugin implements to hear about events rather than to offer named parts.
+    EVENT_HOOKS = ("dynamo_node_started", "dynamo_node_stopping", "dynamo_membership_changed",
+                   "dynamo_request_completed")
+
+    def listeners(self, hook_name: str) -> list[str]:
+        """The plugins implementing an event hook, in the order they are called."""
+        return [impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._by_kind[kind])

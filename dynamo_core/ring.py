@@ -23,7 +23,8 @@ RING_SIZE = 1 << RING_BITS
 #: More partitions than this would make every node hold more Merkle trees than it has keys.
 MAX_PARTITIONS = 1 << 16
 
-__all__ = ["MAX_PARTITIONS", "RING_BITS", "RING_SIZE", "Ring", "hash_bytes", "key_hash", "partition_end", "partition_ends", "range_contains"]
+__all__ = ["MAX_PARTITIONS", "RING_BITS", "RING_SIZE", "Ring", "hash_bytes", "key_hash",
+           "partition_end", "partition_ends", "range_contains"]
 
 
 def hash_bytes(data: bytes) -> int:

@@ -200,7 +200,9 @@ def _token_range(v: Any) -> None:
 
 RANGE = _token_range
 
-Schema = Mapping[str, Field]
+#: A message type's body fields; None (clients only: the reply of an extension message)
+#: leaves the fields to the caller, within the decoder's limits.
+Schema = Mapping[str, Field] | None
 
 #: The built-in message types. Replies are checked too: a client or peer trusts nothing.
 BUILT_IN_SCHEMAS: dict[str, Schema] = {
@@ -308,7 +310,7 @@ class Codec:
     def decode(self, frame: bytes) -> Message:
         envelope = safe_loads(frame, self.max_bytes)
         msg_type, req_id, sender, body = self._envelope(envelope)
-        self._check_body(msg_type, body)
+        self.check_body(msg_type, body)
         return Message(msg_type, body, req_id, sender, envelope.get("exp"))
 
     def request_id_of(self, frame: bytes) -> int | None:
@@ -350,8 +352,11 @@ class Codec:
             raise WireError("envelope field 'exp' must be a time in seconds or absent")
         return msg_type, req_id, sender, body
 
-    def _check_body(self, msg_type: str, body: dict[str, Any]) -> None:
+    def check_body(self, msg_type: str, body: dict[str, Any]) -> None:
+        """Raise WireError naming the first way ``body`` breaks the schema of ``msg_type``."""
         schema = self.schemas[msg_type]
+        if schema is None:  # a reply the client asked for by name: its fields are the asker's
+            return
         unknown = set(body) - set(schema)
         if unknown:
             raise WireError(f"{msg_type}: unknown fields {_names(unknown)}")
