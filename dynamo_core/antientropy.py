@@ -132,7 +132,9 @@ class AntiEntropy:
         The first time, from a scan of storage. After that, from what the trees and the
         unowned set already know (every key held, with its digest), so a ring change costs
         no storage reads but those of keys this node starts replicating again; a scan would
-        stall the event loop, and every node's at once, just as the ring changes.
+        stall the event loop, and every node's at once, just as the ring changes. The tree of
+        a range this node still replicates is adopted whole; with fixed partitions
+        (strategies 2 and 3) that is every range but those that changed hands.
         """
         ring = self.node.membership.ring
         if ring is self._ring:
@@ -146,7 +148,7 @@ class AntiEntropy:
         self.replicas = {n: {r: ring.preference_list(r[1], n) for r in ranges}
                          for n in self.factors()}
         self.trees = {n: RangeTrees([r for r, reps in by_range.items() if me in reps],
-                                    self.depth)
+                                    self.depth, keep=old_trees.get(n))
                       for n, by_range in self.replicas.items()}
         self._peer_names = sorted({p for by_range in self.replicas.values()
                                    for reps in by_range.values() if me in reps
@@ -159,6 +161,8 @@ class AntiEntropy:
         grace = self.node.config.tombstone_grace
         for n, trees in old_trees.items():
             for tree in trees.trees():
+                if n in self.trees and self.trees[n].tree_of_range(tree.start, tree.end) is tree:
+                    continue  # a range still replicated here: its tree was adopted whole
                 for leaf in range(tree.leaves):
                     for kid, digest in tree.leaf_keys(leaf).items():
                         bucket, key = split_storage_key(kid)
@@ -175,6 +179,12 @@ class AntiEntropy:
             for kid in group:
                 bucket, key = split_storage_key(kid)
                 self._place(bucket, key, self.node.store.read(bucket, key))
+        # Tombstones of adopted trees keep their place in the reaping schedule.
+        for kid, newest in old_tombstones.items():
+            bucket, key = split_storage_key(kid)
+            if kid not in self._tombstones and self._owned(bucket, key):
+                self._tombstones[kid] = newest
+                self._schedule_reap(newest + grace, kid)
 
     def _place(self, bucket: str, key: str, versions: Sequence[Version]) -> None:
         """Put a key held in storage into its tree, if this node replicates it, and file it."""

@@ -395,9 +395,17 @@ class RangeTrees:
 
     __slots__ = ("_depth", "_trees", "_ends", "_wrap", "_by_range")
 
-    def __init__(self, ranges: Iterable[tuple[int, int]], depth: int = DEFAULT_DEPTH) -> None:
+    def __init__(self, ranges: Iterable[tuple[int, int]], depth: int = DEFAULT_DEPTH,
+                 keep: RangeTrees | None = None) -> None:
+        """Trees for ``ranges``; those ``keep`` holds for exactly the same range are adopted.
+
+        Adopting is what fixed partitions buy (strategies 2 and 3): after a membership
+        change, every partition this node still replicates keeps its tree as it is.
+        """
         self._depth = depth
-        trees = [MerkleTree(start, end, depth) for start, end in ranges]
+        kept = keep._by_range if keep is not None and keep.depth == depth else {}
+        trees = [kept.get((start, end)) or MerkleTree(start, end, depth)
+                 for start, end in ranges]
         straight = sorted((t for t in trees if t.start < t.end), key=lambda t: t.end)
         wrapping = [t for t in trees if t.start >= t.end]
         _check_disjoint(straight, wrapping)

@@ -359,3 +359,24 @@ def test_bad_tree_shapes_are_refused():
     for args in ((0, 0, 17), (0, 0, -1), (-1, 0), (0, RING_SIZE)):
         with pytest.raises(ValueError):
             MerkleTree(*args)
+
+
+# ------------------------------------------------------------ fixed partitions keep their trees
+
+
+def test_trees_of_ranges_held_before_and_after_a_ring_change_are_adopted_whole() -> None:
+    quarter = RING_SIZE // 4
+    before = RangeTrees([(0, quarter), (quarter, 2 * quarter)], depth=3)
+    kept = before.tree_of_range(quarter, 2 * quarter)
+    after = RangeTrees([(quarter, 2 * quarter), (2 * quarter, 3 * quarter)], depth=3,
+                       keep=before)
+    assert after.tree_of_range(quarter, 2 * quarter) is kept
+    assert after.tree_of_range(2 * quarter, 3 * quarter) is not None
+    assert after.tree_of_range(0, quarter) is None
+
+
+def test_trees_of_another_depth_are_not_adopted() -> None:
+    before = RangeTrees([(0, RING_SIZE // 2)], depth=3)
+    after = RangeTrees([(0, RING_SIZE // 2)], depth=4, keep=before)
+    assert after.tree_of_range(0, RING_SIZE // 2) is not before.tree_of_range(0, RING_SIZE // 2)
+    assert after.depth == 4
