@@ -404,7 +404,7 @@ class RangeTrees:
         """
         self._depth = depth
         kept = keep._by_range if keep is not None and keep.depth == depth else {}
-        trees = [kept.get((start, end)) or MerkleTree(start, end, depth)
+        trees = [kept[(start, end)] if (start, end) in kept else MerkleTree(start, end, depth)
                  for start, end in ranges]
         straight = sorted((t for t in trees if t.start < t.end), key=lambda t: t.end)
         wrapping = [t for t in trees if t.start >= t.end]
