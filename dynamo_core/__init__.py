@@ -5,13 +5,14 @@ The public Python API is the clients; plugins use :mod:`dynamo_core.hookspecs`.
 
 from .client import AsyncClient, Bucket, Client, GetResult
 from .errors import (
-                     DynamoError,
-                     InvalidRequest,
-                     Overloaded,
-                     QuorumNotMet,
-                     Timeout,
-                     Unavailable,
+    DynamoError,
+    InvalidRequest,
+    Overloaded,
+    QuorumNotMet,
+    ResolverFailed,
+    Timeout,
+    Unavailable,
 )
 
 __all__ = ["AsyncClient", "Bucket", "Client", "GetResult", "DynamoError", "InvalidRequest",
-           "Overloaded", "QuorumNotMet", "Timeout", "Unavailable"]
+           "Overloaded", "QuorumNotMet", "ResolverFailed", "Timeout", "Unavailable"]

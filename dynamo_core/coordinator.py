@@ -37,6 +37,7 @@ from .errors import (
     InvalidRequest,
     Overloaded,
     QuorumNotMet,
+    ResolverFailed,
     Timeout,
     Unavailable,
 )
@@ -522,8 +523,14 @@ class Coordinator:
         effects: list[Effect] = []
         siblings = [{"value": v.value, "ts": v.timestamp, "dot": list(v.dot)} for v in alive]
         if op.plan.resolver is not None and len(alive) > 1:
-            value = op.plan.resolver.resolve(
-                [Sibling(v.value, v.timestamp, v.dot) for v in alive])
+            try:
+                value = op.plan.resolver.resolve(
+                    [Sibling(v.value, v.timestamp, v.dot) for v in alive])
+            except Exception as exc:  # noqa: BLE001 - a plugin's failure is the client's answer
+                return [Fail(op.client, ResolverFailed(
+                    f"the resolver of bucket {op.plan.bucket!r} failed on the "
+                    f"{len(alive)} siblings of {op.plan.key!r}: {exc}; read with "
+                    f"resolve=False to see them"))]
             merged = self._merged_version(op, value, context, now)
             siblings = [{"value": value, "ts": now, "dot": list(alive[-1].dot)}]
             if merged is not None:

@@ -55,6 +55,12 @@ class Overloaded(DynamoError):
     code = "overloaded"
 
 
+class ResolverFailed(DynamoError):
+    """A bucket's resolver raised on the siblings of a key (a resolver bug, or bad data)."""
+
+    code = "resolver_failed"
+
+
 class QuorumNotMet(DynamoError):
     """Fewer replicas answered than the quorum needs."""
 
@@ -77,7 +83,7 @@ class QuorumNotMet(DynamoError):
 
 
 _BY_CODE = {cls.code: cls for cls in (DynamoError, InvalidRequest, ConfigError, WireError,
-                                        Timeout, Unavailable, Overloaded)}
+                                        Timeout, Unavailable, Overloaded, ResolverFailed)}
 
 
 def to_wire(error: DynamoError) -> dict[str, Any]:

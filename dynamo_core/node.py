@@ -407,6 +407,8 @@ class Node:
                 self.reply(effect.client, effect.msg_type, effect.body)
                 self.budget.observe(time.time() - effect.client.arrived, time.time())
             elif isinstance(effect, Fail):
+                if isinstance(effect.error, errors.ResolverFailed):
+                    log.warning("%s: %s", self.name, effect.error)
                 self.reply_error(effect.client, effect.error)
                 self.budget.observe(time.time() - effect.client.arrived, time.time())
             elif isinstance(effect, PeerFailed):
