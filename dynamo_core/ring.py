@@ -65,6 +65,8 @@ def partition_ends(q: int) -> list[int]:
 
 def partition_end(h: int, q: int) -> int:
     """The end of the partition (of ``q`` equal ones) that position ``h`` falls in."""
+    _check_position(h)
+    _check_partition_count(q)
     # h <= end[k]  <=>  (h+1)·q <= (k+1)·2**128, so k is the ceiling of (h+1)·q / 2**128, less 1.
     k = ((h + 1) * q + RING_SIZE - 1) // RING_SIZE - 1
     return ((k + 1) * RING_SIZE) // q - 1

@@ -381,5 +381,92 @@ def test_strategy_1_registers_through_the_hook() -> None:
     manager.add_hookspecs(hookspecs)
     manager.register(strategies)
     (offered,) = manager.hook.dynamo_partition_strategies()
-    assert set(offered) == {"strategy-1"}
+    assert "strategy-1" in offered
     assert isinstance(offered["strategy-1"], PartitionStrategy)
+
+
+# --------------------------------------------------------------------------- equal partitions
+# (Appended with the partition functions; their imports live here to keep the section whole.)
+
+from bisect import bisect_left
+
+from dynamo_core.ring import MAX_PARTITIONS, partition_end, partition_ends
+
+#: Q values: small ones, ones that do not divide 2**128, and the largest allowed.
+partition_counts = st.integers(1, 5000) | st.sampled_from([3, 7, 1000, MAX_PARTITIONS - 1,
+                                                            MAX_PARTITIONS])
+
+
+@FAST
+@given(partition_counts, positions)
+def test_a_position_lies_in_the_partition_whose_end_partition_end_gives(q: int, h: int) -> None:
+    ends = partition_ends(q)
+    end = partition_end(h, q)
+    k = bisect_left(ends, end)
+    assert ends[k] == end
+    assert (ends[k - 1] if k else -1) < h <= end
+
+
+@FAST
+@given(partition_counts, st.data())
+def test_partition_boundaries_fall_where_the_ends_are(q: int, data: st.DataObject) -> None:
+    ends = partition_ends(q)
+    k = data.draw(st.integers(0, q - 1))
+    start = ends[k - 1] + 1 if k else 0
+    assert partition_end(ends[k], q) == partition_end(start, q) == ends[k]
+    if k:
+        assert partition_end(start - 1, q) == ends[k - 1]
+    assert partition_end(0, q) == ends[0]
+    assert partition_end(RING_SIZE - 1, q) == RING_SIZE - 1
+
+
+@FAST
+@given(partition_counts)
+def test_partition_ends_increase_to_the_top_in_near_equal_steps(q: int) -> None:
+    ends = partition_ends(q)
+    assert len(ends) == q
+    assert ends[-1] == RING_SIZE - 1
+    sizes = [ends[0] + 1] + [ends[k] - ends[k - 1] for k in range(1, q)]
+    assert min(sizes) > 0  # strictly increasing
+    assert max(sizes) - min(sizes) <= 1
+    assert sum(sizes) == RING_SIZE
+    assert min(sizes) == RING_SIZE // q
+
+
+@pytest.mark.parametrize("bad", [0, -1, MAX_PARTITIONS + 1, 1.5, "4", True, None])
+def test_bad_partition_counts_are_rejected_by_the_ring(bad: object) -> None:
+    with pytest.raises(ValueError, match="partition count"):
+        partition_ends(bad)  # type: ignore[arg-type]
+    if bad is not None:  # None is a ring of token ranges
+        with pytest.raises(ValueError, match="partition count"):
+            Ring(SMALL, partitions=bad)  # type: ignore[arg-type]
+
+
+@FAST
+@given(token_maps, st.integers(1, 300), positions)
+def test_a_partitioned_rings_ranges_are_the_partitions(
+    tokens: dict[int, str], q: int, h: int
+) -> None:
+    ring = Ring(tokens, q)
+    ends = partition_ends(q)
+    assert ring.partitions == q
+    assert ring.ranges() == [(ends[k - 1], ends[k]) for k in range(q)]  # the first wraps
+    # Every range belongs to exactly one node; together they are the partitions.
+    assert sorted(r for node in ring.nodes for r in ring.ranges_of(node)) == sorted(
+        ring.ranges())
+    assert sum(ring.ownership().values()) == pytest.approx(1.0)
+    held = [ring.primary(end) for end in ends]
+    for node, share in ring.ownership().items():
+        low = held.count(node) * (RING_SIZE // q)
+        assert low / RING_SIZE <= share <= (low + held.count(node)) / RING_SIZE
+    # A key goes where its partition's end goes.
+    assert ring.preference_list(h, 3) == Ring(tokens).preference_list(partition_end(h, q), 3)
+
+
+def test_a_single_partition_is_the_whole_ring() -> None:
+    ring = Ring(SMALL, partitions=1)
+    assert ring.ranges() == [(RING_SIZE - 1, RING_SIZE - 1)]
+    assert ring.ownership() == {"a": 1.0, "b": 0.0, "c": 0.0}
+    assert {ring.primary(h) for h in (0, 150, 250, RING_SIZE - 1)} == {"a"}
+    assert repr(ring) == "Ring(3 nodes, 3 tokens, 1 partitions)"
+    assert ring != Ring(SMALL) and Ring(SMALL, 4) == Ring(dict(SMALL), 4)
