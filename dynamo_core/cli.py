@@ -134,6 +134,10 @@ def cmd_status(args: argparse.Namespace) -> str:
         f"anti-entropy: {ae.get('exchanges', 0)} exchanges, {ae.get('keys_sent', 0)} keys "
         f"sent, {ae.get('keys_fetched', 0)} fetched, {ae.get('keys_handed_off', 0)} handed "
         f"off, {ae.get('tombstones_reaped', 0)} tombstones reaped",
+        f"partitioning: {status.get('partitioning', '?')}"
+        + (f" ({status['partitions']} partitions)" if status.get("partitions") else "")
+        + f"   extensions: {', '.join(status.get('extensions', [])) or 'none'}"
+        f"   plugin errors: {status.get('plugin_errors', 0)}",
         "", _table(rows, ["NAME", "ADDRESS", "STATE", "SINCE", "STATUS", "TOKENS", "OWNS"])])
 
 

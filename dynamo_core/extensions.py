@@ -20,9 +20,10 @@ import asyncio
 import inspect
 import logging
 import time
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .errors import ConfigError, DynamoError, Overloaded, WireError
+from .errors import ConfigError, DynamoError, Overloaded, Timeout, WireError
 from .hookspecs import (
     MessageType,
     NodeAPI,
@@ -76,7 +77,7 @@ class NodeHandle:
         return self._node.status_document()
 
     def options(self, extension: str) -> Mapping[str, Any]:
-        return self._node.config.extensions.get(extension, {})
+        return MappingProxyType(dict(self._node.config.extensions.get(extension, {})))
 
     async def call(self, peer: str, msg_type: str, body: Mapping[str, Any],
                    timeout: float | None = None) -> dict[str, Any]:
@@ -130,7 +131,9 @@ class Extensions:
         return extension
 
     def _register(self, extension: str, message: MessageType) -> None:
-        if not message.name.startswith(f"{extension}.") or message.name.endswith("_ok"):
+        verb = message.name[len(extension) + 1:]
+        if (not message.name.startswith(f"{extension}.") or not verb
+                or message.name.endswith("_ok")):
             raise ConfigError(f"protocol extension {extension!r}: message type "
                               f"{message.name!r} must be named '{extension}.<verb>' "
                               f"(not ending in _ok, which names its reply)")
@@ -161,29 +164,32 @@ class Extensions:
     async def _answer(self, message: MessageType, msg: Message, client: Client) -> None:
         """Run the handler, check its reply against ``reply_fields``, send it back."""
         node = self.node
+        body: dict[str, Any] = {}
+        error: DynamoError | None = None
+        limit = node.config.request_timeout * 2
         try:
             result = message.handler(self.api, Request(msg.type, msg.body, msg.sender))
             if inspect.isawaitable(result):
-                result = await asyncio.wait_for(result, node.config.request_timeout * 2)
+                result = await asyncio.wait_for(result, limit)
             body = dict(result or {})
-            node.codec.check_body(f"{message.name}_ok", body)
         except asyncio.TimeoutError:
-            error: DynamoError | None = DynamoError(
-                f"{msg.type} handler did not answer within "
-                f"{node.config.request_timeout * 2:g}s")
-        except WireError as exc:
             self.errors += 1
-            log.error("%s: %s handler replied a body its reply_fields refuse: %s",
-                      node.name, msg.type, exc)
-            error = DynamoError(f"{msg.type} handler replied an invalid body: {exc}")
-        except DynamoError as exc:
+            log.error("%s: %s handler did not answer within %gs", node.name, msg.type, limit)
+            error = Timeout(f"{msg.type} handler did not answer within {limit:g}s")
+        except DynamoError as exc:  # the handler's answer, or a peer's error it relays
             error = exc
         except Exception as exc:  # noqa: BLE001 - a plugin bug must not reach the loop
             self.errors += 1
             log.exception("%s: %s handler failed", node.name, msg.type)
             error = DynamoError(f"internal error in the {msg.type} handler: {exc}")
         else:
-            error = None
+            try:
+                node.codec.check_body(f"{message.name}_ok", body)
+            except WireError as exc:
+                self.errors += 1
+                log.error("%s: %s handler replied a body its reply_fields refuse: %s",
+                          node.name, msg.type, exc)
+                error = DynamoError(f"{msg.type} handler replied an invalid body: {exc}")
         if client.req_id is None:  # one-way: nobody waits for an answer
             return
         if error is not None:

@@ -329,7 +329,8 @@ class RequestEvent:
     key: str
     #: seconds from arrival to reply, as this node measured them
     latency: float
-    #: ``"ok"``, or the error code replied (``"QuorumNotMet"``, ``"Timeout"``, ...)
+    #: ``"ok"``, or the code of the error replied: ``"quorum_not_met"``, ``"timeout"``,
+    #: ``"invalid_request"``, ``"overloaded"``, ``"resolver_failed"``, ...
     outcome: str
     #: True when another node forwarded the request here (a put to a non-home node): the
     #: forwarding node reports the same request too

@@ -130,7 +130,11 @@ class Node:
         self.anti_entropy = AntiEntropy(self)
         #: set when this node has left the cluster and should exit
         self.left = asyncio.Event()
-        self.extensions = Extensions(self, self.registry)
+        try:
+            self.extensions = Extensions(self, self.registry)
+        except BaseException:
+            self._release()  # nothing started yet: the storage files and sockets only
+            raise
         self._handlers.update(self.extensions.handlers())
         self._membership_seen = self.membership.generation
 
@@ -147,6 +151,11 @@ class Node:
         except ValueError as exc:
             raise errors.ConfigError(f"{options['strategy']}: {exc}") from None
         return strategy
+
+    def _release(self) -> None:
+        self.store.close()
+        self.hints.close()
+        self.transport.discard()
 
     def _check_resolvers(self) -> None:
         """Fail at start-up, not on the first read, when a bucket names a missing resolver."""
@@ -342,7 +351,12 @@ class Node:
         try:
             msg = self.codec.decode(frames[0])
         except WireError as exc:
-            self._reject(identity, self.codec.request_id_of(frames[0]), exc)
+            req_id, sender = self.codec.origin_of(frames[0])
+            if req_id is None and sender is not None:  # a peer's one-way message
+                self.malformed_frames += 1
+                log.warning("%s: refused a one-way message from %s: %s", self.name, sender, exc)
+                return
+            self._reject(identity, req_id, exc)
             return
         now = time.time()
         client = _client_of(identity, msg, now)

@@ -168,8 +168,13 @@ class ZmqTransport:
         return reader
 
     async def close(self) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        """Close every socket and the context (also for a transport that never started)."""
         for reader in [*self._dealers.values(), self._router]:
             if reader is not None:
                 reader.close()
         self._dealers.clear()
+        self._router = None
         self._ctx.term()

@@ -315,12 +315,23 @@ class Codec:
 
     def request_id_of(self, frame: bytes) -> int | None:
         """Best effort: the request id of a frame that failed validation, to address an error."""
+        return self.origin_of(frame)[0]
+
+    def origin_of(self, frame: bytes) -> tuple[int | None, str | None]:
+        """Best effort: the request id and sending node of a frame that failed validation.
+
+        A node's one-way message (a sender, no id) is refused without a reply: nobody waits
+        for one, and the peer would only count it as a stale reply.
+        """
         try:
             envelope = safe_loads(frame, self.max_bytes)
         except WireError:
-            return None
-        rid = envelope.get("id") if isinstance(envelope, dict) else None
-        return rid if _is_request_id(rid) else None
+            return None, None
+        if not isinstance(envelope, dict):
+            return None, None
+        rid, sender = envelope.get("id"), envelope.get("from")
+        return (rid if _is_request_id(rid) else None,
+                sender if isinstance(sender, str) and 0 < len(sender) <= 256 else None)
 
     def _envelope(self, envelope: Any) -> tuple[str, int | None, str | None, dict]:
         if not isinstance(envelope, dict):
