@@ -213,15 +213,25 @@ class Extensions:
             try:
                 result = task.run(self.api)
                 if inspect.isawaitable(result):
-                    await result
+                    # A hung run would hold its background slot, starving handoff and
+                    # anti-entropy: it is cut off.
+                    await asyncio.wait_for(result, self._task_limit(task))
             except asyncio.CancelledError:
                 raise
+            except asyncio.TimeoutError:
+                self.errors += 1
+                log.error("%s: periodic task %s of %s cut off after %gs", self.node.name,
+                          task.name, extension, self._task_limit(task))
             except Exception:  # noqa: BLE001 - the task runs again next period
                 self.errors += 1
                 log.exception("%s: periodic task %s of %s failed", self.node.name, task.name,
                               extension)
             finally:
                 budget.done()
+
+    def _task_limit(self, task: PeriodicTask) -> float:
+        """How long one run of a periodic task may take: its period, at least 2 timeouts."""
+        return max(task.interval, self.node.config.request_timeout * 2)
 
     async def stop(self) -> None:
         for task in list(self._running):

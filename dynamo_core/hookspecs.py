@@ -54,7 +54,7 @@ __all__ = [
     "StorageEngine", "StorageFactory", "Sibling", "Resolver", "PEER_STATES",
     "FailureDetector", "FailureDetectorFactory",
     # protocol extensions, lifecycle, observation
-    "NodeAPI", "PeerView", "Request", "MessageType", "PeriodicTask", "ProtocolExtension",
+    "NodeAPI", "PeerView", "Request", "Handler", "MessageType", "PeriodicTask", "ProtocolExtension",
     "ExtensionFactory", "RequestEvent",
     # message body checks (see MessageType.fields) and the errors a handler may raise
     "Field", "anything", "integer", "list_of", "of_type", "text",
@@ -298,7 +298,8 @@ class PeriodicTask:
     Runs are jittered by 10% (nodes do not act in lock step), never overlap, and each one
     takes a slot of the node's background budget, the same admission control hint delivery
     and anti-entropy use, so foreground latency holds. A run that raises is logged and the
-    task carries on.
+    task carries on; an async run is cut off after ``interval`` or twice the request
+    timeout, whichever is longer (a synchronous run blocks the node: keep it short).
     """
 
     name: str

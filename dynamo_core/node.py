@@ -18,7 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import cbor2
 
@@ -41,6 +41,8 @@ from .versions import Version
 from .wire import Codec, Message
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 TICK_SECONDS = 0.02
 #: Time given to a new peer connection before the first message is sent on it.
@@ -85,16 +87,25 @@ class Node:
         self.codec = Codec(max_bytes=config.max_message_bytes)
         self.strategy = self._pick_strategy()
         self._check_resolvers()
+        detector_factory = self.registry.failure_detector(config.failure_detector["plugin"])
+        detector = _configured(f"failure detector {config.failure_detector['plugin']!r}",
+                               lambda: detector_factory(config.failure_detector))
         engine_factory = self.registry.storage_engine(config.storage["engine"])
         if data_dir is not None:
             os.makedirs(data_dir, exist_ok=True)
         self.actor, me = self._identity()
-        self.store = LocalStore(engine_factory(data_dir, config.storage), config.max_siblings,
-                                self.actor)
+        engine = f"storage engine {config.storage['engine']!r}"
+        self.store = LocalStore(_configured(engine, lambda: engine_factory(data_dir,
+                                                                           config.storage)),
+                                config.max_siblings, self.actor)
         # Hints live in their own store, never mixed with this node's own replicas.
         hints_dir = os.path.join(data_dir, "hints") if data_dir is not None else None
-        self.hints = HintStore(engine_factory(hints_dir, config.storage),
-                               config.handoff_max_hints, config.handoff_max_bytes,
+        try:
+            hint_engine = _configured(engine, lambda: engine_factory(hints_dir, config.storage))
+        except BaseException:
+            self.store.close()
+            raise
+        self.hints = HintStore(hint_engine, config.handoff_max_hints, config.handoff_max_bytes,
                                config.handoff_max_age)
         self.handoff = HandoffPlanner()
         self.budget = BackgroundBudget(config.bg_rate, config.bg_burst,
@@ -110,9 +121,7 @@ class Node:
                                        max_pending=config.max_pending_requests)
         self.transport = ZmqTransport(name, listen, config.max_message_bytes,
                                       self._on_request, self._on_peer_reply)
-        detector = self.registry.failure_detector(config.failure_detector["plugin"])
-        self.liveness = Liveness(name, detector(config.failure_detector),
-                                 config.heartbeat_interval)
+        self.liveness = Liveness(name, detector, config.heartbeat_interval)
         self._gossip_ids = iter(range(1, 1 << 62))
         self._tasks: list[asyncio.Task] = []
         self._handlers: dict[str, Callable[[Message, Client], None]] = {
@@ -688,6 +697,14 @@ class Node:
                  for i, name in enumerate(walk)]
         self.reply(client, "preflist_ok", {"preflist": {
             "node": self.name, "bucket": bucket, "key": key, "n": n, "nodes": nodes}})
+
+
+def _configured(what: str, build: Callable[[], T]) -> T:
+    """Build a plugin from its config; a ValueError (a bad option) is a ConfigError naming it."""
+    try:
+        return build()
+    except (ValueError, TypeError) as exc:
+        raise errors.ConfigError(f"{what}: {exc}") from None
 
 
 def _version_view(v: Version) -> dict[str, Any]:

@@ -17,17 +17,27 @@ from .errors import ConfigError
 
 
 def make_plugin_manager(modules: Sequence[str] = ()) -> pluggy.PluginManager:
+    """A new manager: entry-point plugins, then the modules a config names.
+
+    A module named in the config that an installed distribution already registered is
+    not registered twice. A function named like a hook that is not one (``dynamo_resolver``
+    for ``dynamo_resolvers``) is a ConfigError, not a plugin that silently never runs.
+    """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.load_setuptools_entrypoints(hookspecs.PROJECT)
     for name in modules:
-        if pm.has_plugin(name):
-            continue
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"[plugins] modules: cannot import {name!r}: {exc}") from None
+        if pm.is_registered(module) or pm.has_plugin(name):
+            continue
         pm.register(module, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(f"plugin {exc.plugin_name!r}: {exc}") from None
     return pm
 
 
