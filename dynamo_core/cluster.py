@@ -95,6 +95,8 @@ def stop_processes(procs: list[subprocess.Popen], sig: int = signal.SIGTERM,
         if proc.poll() is None:
             try:
                 proc.send_signal(sig)
+                # A paused (SIGSTOPped) node would hold the signal pending for the whole grace.
+                proc.send_signal(signal.SIGCONT)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace
@@ -106,10 +108,16 @@ def stop_processes(procs: list[subprocess.Popen], sig: int = signal.SIGTERM,
             proc.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: all held open while choosing, so none is picked twice."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class LocalCluster:
@@ -134,7 +142,7 @@ class LocalCluster:
         self.ready_timeout = ready_timeout
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="dynamo-")
         self.data_dir = data_dir or self._tmp.name
-        self.addresses = [f"tcp://127.0.0.1:{_free_port()}" for _ in range(nodes)]
+        self.addresses = [f"tcp://127.0.0.1:{port}" for port in _free_ports(nodes)]
         self.procs: dict[str, subprocess.Popen] = {}
 
     @property

@@ -531,8 +531,11 @@ class Coordinator:
                     f"the resolver of bucket {op.plan.bucket!r} failed on the "
                     f"{len(alive)} siblings of {op.plan.key!r}: {exc}; read with "
                     f"resolve=False to see them"))]
-            merged = self._merged_version(op, value, context, now)
-            siblings = [{"value": value, "ts": now, "dot": list(alive[-1].dot)}]
+            # The merge is no newer than what it merged: stamped with the latest sibling's
+            # time, not the read's, so a later write it never saw still wins by timestamp.
+            stamp = max(v.timestamp for v in alive)
+            merged = self._merged_version(op, value, context, stamp)
+            siblings = [{"value": value, "ts": stamp, "dot": list(alive[-1].dot)}]
             if merged is not None:
                 context = merged.history()
                 siblings[0]["dot"] = list(merged.dot)
@@ -542,7 +545,7 @@ class Coordinator:
         return effects
 
     def _merged_version(self, op: _GetOp, value: Any, context: Clock,
-                        now: float) -> Version | None:
+                        stamp: float) -> Version | None:
         """The resolved merge as a new version, when this node may issue one.
 
         Only a home node that read its own replica gives the merge a dot (it holds every
@@ -553,7 +556,7 @@ class Coordinator:
             return None
         dot = next_dot(self.actor, context, op.answered[self.name], op.issued)
         return Version(value, context.truncated(self.max_clock_entries, keep=self.actor),
-                       dot, now)
+                       dot, stamp)
 
     def _write_back(self, op: _GetOp, merged: Version) -> list[Effect]:
         """The merge goes where a put would: the targets, stand-ins with their hints."""
