@@ -460,8 +460,7 @@ class Node:
         return []
 
     def _expiry(self, now: float) -> float:
-        """When a request sent now is void: after its sender, and any forwarder, gave up."""
-        return now + self.config.request_timeout * 2 + 1.0
+        return now + request_lifetime(self.config.request_timeout)
 
     def reply(self, client: Client, msg_type: str, body: dict[str, Any]) -> None:
         try:
@@ -697,6 +696,12 @@ class Node:
                  for i, name in enumerate(walk)]
         self.reply(client, "preflist_ok", {"preflist": {
             "node": self.name, "bucket": bucket, "key": key, "n": n, "nodes": nodes}})
+
+
+def request_lifetime(request_timeout: float) -> float:
+    """Seconds a request between nodes stays valid: after its sender, and any forwarder,
+    gave up on it. A request that waited longer in a queue is dropped unanswered."""
+    return request_timeout * 2 + 1.0
 
 
 def _configured(what: str, build: Callable[[], T]) -> T:

@@ -67,6 +67,11 @@ def partition_end(h: int, q: int) -> int:
     """The end of the partition (of ``q`` equal ones) that position ``h`` falls in."""
     _check_position(h)
     _check_partition_count(q)
+    return _partition_end(h, q)
+
+
+def _partition_end(h: int, q: int) -> int:
+    """:func:`partition_end` for arguments already checked (the ring's lookup path)."""
     # h <= end[k]  <=>  (h+1)·q <= (k+1)·2**128, so k is the ceiling of (h+1)·q / 2**128, less 1.
     k = ((h + 1) * q + RING_SIZE - 1) // RING_SIZE - 1
     return ((k + 1) * RING_SIZE) // q - 1
@@ -155,7 +160,7 @@ class Ring:
         """Index of the token owning ``h``; the ring must not be empty."""
         _check_position(h)
         if self._partitions is not None:
-            h = partition_end(h, self._partitions)
+            h = _partition_end(h, self._partitions)
         i = bisect_left(self._tokens, h)
         return 0 if i == len(self._tokens) else i
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from dynamo_core import Client, DynamoError
 from dynamo_core.cluster import LocalCluster
+from dynamo_core.node import request_lifetime
 
 T = TypeVar("T")
 
@@ -212,8 +213,8 @@ def thawed_on_exit(cluster: LocalCluster) -> Iterator[None]:
 def request_expiry(request_timeout: float) -> float:
     """Seconds after which a node drops a request that waited in a queue.
 
-    It mirrors the node's rule (twice the request timeout plus one second): waiting that long
+    It is the node's rule (twice the request timeout plus one second): waiting that long
     after one side's last write before thawing the other side guarantees nothing the first
     side sent leaks across the "partition" when the other side wakes up.
     """
-    return request_timeout * 2 + 1.0
+    return request_lifetime(request_timeout)

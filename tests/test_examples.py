@@ -264,21 +264,6 @@ resolver = "last-write-wins"
 """
 
 
-def _poll(predicate, timeout: float, what: str):
-    """Poll until truthy; a miss here is a broken premise, so it is not an AssertionError."""
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except DynamoError as exc:
-            last = exc
-        time.sleep(0.1)
-    raise RuntimeError(f"premise not reached: {what} (last: {last!r})")
-
-
 @pytest.mark.cluster
 def test_lww_merge_on_read_does_not_make_an_older_value_newer() -> None:
     with _common.local_cluster(3, LWW_CONFIG) as cl, \
@@ -302,13 +287,13 @@ def test_lww_merge_on_read_does_not_make_an_older_value_newer() -> None:
             raise RuntimeError(f"premise: the read on h2 should merge A and B only, got "
                                f"{merged.values}")
         _common.resume(cl, [h1])
-        raw = _poll(lambda: (r := s.get(key, 3, resolve=False))
+        raw = _common.wait_until(lambda: (r := s.get(key, 3, resolve=False))
                     and {v for v in r.values} == {"B", "C"} and r, 15.0,
                     "the merge and C both visible after the heal")
         times = {sib.value: sib.timestamp for sib in raw.siblings}
         print(f"sibling timestamps: {times}")
         # C was written after B; the merge that re-stamped B must not outrank it.
-        final = _poll(lambda: s.get(key, 3), 10.0, "a resolved read")
+        final = _common.wait_until(lambda: s.get(key, 3), 10.0, "a resolved read")
         assert final.values == ["C"], (
             f"last-write-wins returned {final.values}: the merged B carries the read's "
             f"time {times['B']:.3f}, later than C's {times['C']:.3f}")
