@@ -394,7 +394,8 @@ class AsyncClient:
                 raise Overloaded(f"send queue towards {address} is full") from None
             finally:
                 reader.poke()
-            msg = await asyncio.wait_for(waiter, self._req.timeout)
+            async with asyncio.timeout(self._req.timeout):  # wait_for can swallow a cancel
+                msg = await waiter
         except asyncio.TimeoutError:
             self._req.timed_out(address)
             raise Timeout(f"{msg_type} to {address} got no answer within "

@@ -170,7 +170,8 @@ class Extensions:
         try:
             result = message.handler(self.api, Request(msg.type, msg.body, msg.sender))
             if inspect.isawaitable(result):
-                result = await asyncio.wait_for(result, limit)
+                async with asyncio.timeout(limit):
+                    result = await result
             body = dict(result or {})
         except asyncio.TimeoutError:
             self.errors += 1
@@ -214,8 +215,10 @@ class Extensions:
                 result = task.run(self.api)
                 if inspect.isawaitable(result):
                     # A hung run would hold its background slot, starving handoff and
-                    # anti-entropy: it is cut off.
-                    await asyncio.wait_for(result, self._task_limit(task))
+                    # anti-entropy: it is cut off. (asyncio.timeout, not wait_for: on 3.11
+                    # wait_for can swallow the cancellation of a stopping node.)
+                    async with asyncio.timeout(self._task_limit(task)):
+                        await result
             except asyncio.CancelledError:
                 raise
             except asyncio.TimeoutError:

@@ -224,7 +224,8 @@ class Node:
             wait = timeout or self.config.request_timeout
             self.transport.send(address, self.codec.encode(msg_type, body, req_id, self.name,
                                                            time.time() + wait))
-            msg = await asyncio.wait_for(future, wait)
+            async with asyncio.timeout(wait):  # wait_for can swallow a cancel on 3.11
+                msg = await future
         except SendFailed as exc:
             raise errors.Unavailable(str(exc)) from None
         except asyncio.TimeoutError:
