@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
 from . import errors
 from .errors import (
@@ -44,14 +44,27 @@ from .errors import (
 from .hookspecs import Resolver, Sibling
 from .versions import (
     Clock,
+    Dot,
     Version,
     context_of,
     decode_context,
     encode_context,
     live,
-    next_dot,
     reconcile,
 )
+
+
+class DotIssuer(Protocol):
+    """Where the coordinator gets the dot of each version it makes: this node's store.
+
+    ``issue_dot`` reads and advances the key's counter in one step and records it
+    durably before returning, so two versions never share a dot, whatever interleaves
+    (a put and a merging get of one key, two forwarded puts, a stand-in's write).
+    """
+
+    actor: str
+
+    def issue_dot(self, bucket: str, key: str, context: Clock) -> Dot: ...
 
 # ====================================================================== effects
 
@@ -200,8 +213,6 @@ class _Operation:
 @dataclass
 class _GetOp(_Operation):
     op_name = "get"
-    #: the highest dot counter this node issued for the key, from its own replica's answer
-    issued: int = 0
     #: a resolved merge went to every replica, so read repair has nothing left to do
     written_back: bool = False
     #: when the get started: "not found" answers alone settle it only after a while
@@ -244,10 +255,11 @@ class _ForwardOp(_Operation):
 class Coordinator:
     """All in-flight operations a node coordinates."""
 
-    def __init__(self, name: str, actor: str, *, request_timeout: float,
+    def __init__(self, name: str, dots: DotIssuer, *, request_timeout: float,
                  max_clock_entries: int, max_pending: int) -> None:
         self.name = name
-        self.actor = actor
+        self.dots = dots
+        self.actor = dots.actor
         self.request_timeout = request_timeout
         #: silence after which a replica is replaced by a spare, mid-operation
         self.hedge_after = request_timeout / 2
@@ -275,12 +287,11 @@ class Coordinator:
         return self._fan_out(op, now)
 
     def start_put(self, client: Any, plan: KeyPlan, value: Any, context: bytes | None,
-                  tombstone: bool, local_versions: Sequence[Version], now: float,
-                  forwarded: bool = False, issued: int = 0) -> list[Effect]:
+                  tombstone: bool, now: float, forwarded: bool = False) -> list[Effect]:
         """Coordinate a put here, or forward it to a home node if this node is not one.
 
-        ``local_versions`` and ``issued`` are this node's own replica of the key (the
-        runtime reads them) so that the new version's dot is one it never issued before.
+        A put that was forwarded here is coordinated here even if this node is not a home
+        in its own view of the ring (views differ while gossip spreads a change).
         """
         if err := self._admit():
             return [Fail(client, err)]
@@ -290,7 +301,10 @@ class Coordinator:
             return [Fail(client, InvalidRequest(str(exc)))]
         if self.name not in plan.homes and not forwarded:
             return self._forward(client, plan, value, context, tombstone, now)
-        dot = next_dot(self.actor, ctx, local_versions, issued)
+        try:
+            dot = self.dots.issue_dot(plan.bucket, plan.key, ctx)
+        except DynamoError as exc:
+            return [Fail(client, exc)]
         clock = ctx.truncated(self.max_clock_entries, keep=self.actor)
         version = Version(None if tombstone else value, clock, dot, now, tombstone)
         targets = [self.name, *(t for t in plan.targets if t != self.name)]
@@ -409,8 +423,6 @@ class Coordinator:
                 op.failed[peer] = f"bad reply: {exc}"
                 if isinstance(op, _ForwardOp):
                     op.relayed = None  # the last home's failure is what the client hears
-            if isinstance(op, _GetOp) and peer == self.name:
-                op.issued = body.get("issued", 0)
         if isinstance(op, _PutOp) and peer == self.name and not op.replicated:
             return effects + self._after_local_write(op_id, op, body, now)
         if peer in op.failed:
@@ -548,13 +560,17 @@ class Coordinator:
                         stamp: float) -> Version | None:
         """The resolved merge as a new version, when this node may issue one.
 
-        Only a home node that read its own replica gives the merge a dot (it holds every
-        dot it issued for the key, so the new one is fresh). Elsewhere the merged value is
-        returned with the siblings' context, and the client's next put supersedes them.
+        Only a home node gives the merge a dot, issued now, when the merge is made: a put
+        coordinated here since the get started has taken the key's next dot already.
+        Elsewhere, or if no dot can be had, the merged value is returned with the siblings'
+        context, and the client's next put supersedes them.
         """
-        if self.name not in op.plan.homes or self.name not in op.answered:
+        if self.name not in op.plan.homes:
             return None
-        dot = next_dot(self.actor, context, op.answered[self.name], op.issued)
+        try:
+            dot = self.dots.issue_dot(op.plan.bucket, op.plan.key, context)
+        except Exception:  # noqa: BLE001 - storage trouble: answer without writing back
+            return None
         return Version(value, context.truncated(self.max_clock_entries, keep=self.actor),
                        dot, stamp)
 
@@ -586,8 +602,10 @@ class Coordinator:
         for peer, versions in sorted(op.answered.items()):
             if peer not in op.plan.homes:
                 continue
-            held = {v.dot for v in versions}
-            missing = [v.to_wire() for v in newest if v.dot not in held]
+            # By content, not dot: a replica holding another version under one of these dots
+            # (a dot issued twice) is repaired too, and keeps the same one as the others.
+            held = {v.fingerprint for v in versions}
+            missing = [v.to_wire() for v in newest if v.fingerprint not in held]
             if missing:
                 self.read_repairs += 1
                 effects.append(Send(peer, "replica_put", {

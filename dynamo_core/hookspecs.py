@@ -78,7 +78,10 @@ class StorageEngine(Protocol):
     survive a kill -9 of the process if the engine calls itself durable.
     """
 
-    #: True when an acknowledged put survives kill -9 of the process.
+    #: True when an acknowledged put survives kill -9 of the process. An engine may also
+    #: set ``power_safe = True`` when every put is synced to disk before it returns (it
+    #: survives a power loss too); without it, a node that did not stop cleanly starts a
+    #: new actor epoch (see ``dynamo_core.identity``).
     durable: bool
 
     def get(self, key: str) -> bytes | None: ...

@@ -91,23 +91,19 @@ def key_id(bucket: str, key: str) -> str:
 def key_digest(versions: Sequence[Version]) -> bytes:
     """A 16-byte digest of the *set* of versions a replica holds for one key.
 
-    A dot names one write, so the set of ``(dot, tombstone)`` pairs identifies the version
-    set; values and clocks need not be hashed. The pairs are sorted and deduplicated first,
-    so the digest does not depend on the order storage returned them in. The tombstone flag
-    is included so a delete that reused a dot could never look like the live write. No
-    versions at all gives :data:`ABSENT`.
+    It covers each whole version (its fingerprint: value, clock, dot, timestamp, tombstone),
+    not only its dot: a dot names one write, but should a dot ever have been issued twice,
+    two replicas holding different versions under it must see different digests, or
+    anti-entropy would never notice. Fingerprints are sorted and deduplicated first, so the
+    digest does not depend on the order storage returned them in. No versions at all gives
+    :data:`ABSENT`.
     """
-    events = sorted({(v.dot[0], v.dot[1], v.tombstone) for v in versions})
-    if not events:
+    prints = sorted({v.fingerprint for v in versions})
+    if not prints:
         return ABSENT
     h = hashlib.blake2b(_DIGEST_DOMAIN, digest_size=DIGEST_BYTES)
-    for actor, counter, tombstone in events:
-        raw = actor.encode("utf-8")
-        # Length-prefixed fields: no two different event lists serialize the same way.
-        h.update(len(raw).to_bytes(4, "big"))
-        h.update(raw)
-        h.update(counter.to_bytes(8, "big", signed=True))
-        h.update(b"\x01" if tombstone else b"\x00")
+    for fingerprint in prints:  # fixed length: plain concatenation is unambiguous
+        h.update(fingerprint)
     return h.digest()
 
 

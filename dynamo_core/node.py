@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import random
-import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,12 +29,13 @@ from .coordinator import Coordinator, Effect, Fail, KeyPlan, PeerFailed, Reply, 
 from .errors import DynamoError, InvalidRequest, WireError
 from .extensions import OBSERVED_OPS, Extensions
 from .handoff import HandoffPlanner, HintStore
-from .hookspecs import PartitionStrategy
+from .hookspecs import PartitionStrategy, StorageEngine
+from .identity import Epoch, choose_actor, new_boot
 from .liveness import Liveness
 from .membership import Member, Membership
 from .plugins import Registry, make_plugin_manager
 from .ring import key_hash
-from .store import LocalStore
+from .store import FRAME_OVERHEAD, IDENTITY_KEY, LocalStore
 from .transport import SendFailed, ZmqTransport
 from .versions import Version
 from .wire import Codec, Message
@@ -93,11 +93,18 @@ class Node:
         engine_factory = self.registry.storage_engine(config.storage["engine"])
         if data_dir is not None:
             os.makedirs(data_dir, exist_ok=True)
-        self.actor, me = self._identity()
         engine = f"storage engine {config.storage['engine']!r}"
-        self.store = LocalStore(_configured(engine, lambda: engine_factory(data_dir,
-                                                                           config.storage)),
-                                config.max_siblings, self.actor)
+        replicas = _configured(engine, lambda: engine_factory(data_dir, config.storage))
+        try:
+            self.epoch, me = self._identity(replicas)
+        except BaseException:
+            replicas.close()
+            raise
+        self.actor = self.epoch.actor
+        #: drawn at each start; ties node.cbor to the storage of this run (see identity)
+        self.boot = new_boot(self.rng)
+        self.store = LocalStore(replicas, config.max_siblings, self.actor,
+                                config.max_message_bytes - FRAME_OVERHEAD)
         # Hints live in their own store, never mixed with this node's own replicas.
         hints_dir = os.path.join(data_dir, "hints") if data_dir is not None else None
         try:
@@ -115,7 +122,7 @@ class Node:
         self._call_ids = iter(range(1 << 62, 1 << 63))
         self.hints_delivered = 0
         self.membership = Membership(me, self.strategy, config.partitioning, seeds)
-        self.coordinator = Coordinator(name, self.actor,
+        self.coordinator = Coordinator(name, self.store,
                                        request_timeout=config.request_timeout,
                                        max_clock_entries=config.max_clock_entries,
                                        max_pending=config.max_pending_requests)
@@ -172,41 +179,58 @@ class Node:
             if bucket.resolver:
                 self.registry.resolver(bucket.resolver)
 
-    def _identity(self) -> tuple[str, Member]:
-        """This node's actor id and member record, kept across restarts in ``node.cbor``.
+    def _identity(self, engine: StorageEngine) -> tuple[Epoch, Member]:
+        """This node's actor and member record, kept across restarts in ``node.cbor``.
 
-        The actor id is new whenever the data directory is new, so a node that lost its
-        data can never reissue a dot that already names another version.
+        The member record (tokens, status) comes back from ``node.cbor``; the actor does
+        only while the storage provably holds every dot it issued (:mod:`identity`).
         """
         path = Path(self.data_dir, "node.cbor") if self.data_dir else None
-        if path is not None and path.exists():
-            saved = cbor2.loads(path.read_bytes())
-            if saved.get("name") != self.name:
-                raise errors.ConfigError(
-                    f"data directory {self.data_dir} belongs to node {saved.get('name')!r}, "
-                    f"not {self.name!r}")
-            member = Member.from_wire(saved["member"])
-            # A node that left (or was removed) stays out until it is told to join again.
-            status = "removed" if member.status in ("removed", "leaving") else "up"
-            if status == "removed":
-                log.warning("%s left the cluster earlier; it stays out of the ring until "
-                            "`dynamo join` brings it back", self.name)
-            member = Member(self.name, self.listen, self.config.capacity, member.tokens,
-                            status, member.version + 1)
-            return saved["actor"], member
-        tokens = self.strategy.initial_tokens(self.name, self.config.capacity,
-                                              self.config.partitioning, self.rng)
-        member = Member(self.name, self.listen, self.config.capacity, tuple(sorted(tokens)))
-        return f"{self.name}.{secrets.token_hex(3)}", member
+        saved = cbor2.loads(path.read_bytes()) if path is not None and path.exists() else None
+        stored_bytes = engine.get(IDENTITY_KEY)
+        epoch = choose_actor(self.name, saved,
+                             cbor2.loads(stored_bytes) if stored_bytes is not None else None,
+                             durable=bool(getattr(engine, "durable", False)),
+                             power_safe=bool(getattr(engine, "power_safe", False)),
+                             rng=self.rng)
+        if epoch.new and saved is not None:
+            log.warning("%s starts a new actor epoch %s: %s", self.name, epoch.actor,
+                        epoch.reason)
+        if saved is None:
+            tokens = self.strategy.initial_tokens(self.name, self.config.capacity,
+                                                  self.config.partitioning, self.rng)
+            return epoch, Member(self.name, self.listen, self.config.capacity,
+                                 tuple(sorted(tokens)))
+        if saved.get("name") != self.name:
+            raise errors.ConfigError(
+                f"data directory {self.data_dir} belongs to node {saved.get('name')!r}, "
+                f"not {self.name!r}")
+        member = Member.from_wire(saved["member"])
+        # A node that left (or was removed) stays out until it is told to join again.
+        status = "removed" if member.status in ("removed", "leaving") else "up"
+        if status == "removed":
+            log.warning("%s left the cluster earlier; it stays out of the ring until "
+                        "`dynamo join` brings it back", self.name)
+        return epoch, Member(self.name, self.listen, self.config.capacity, member.tokens,
+                             status, member.version + 1)
 
     def _save_identity(self) -> None:
         if self.data_dir is None:
             return
         path = Path(self.data_dir, "node.cbor")
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(cbor2.dumps({"name": self.name, "actor": self.actor,
+        tmp.write_bytes(cbor2.dumps({"name": self.name, "actor": self.actor, "boot": self.boot,
                                      "member": self.membership.me.to_wire()}))
         os.replace(tmp, path)
+
+    def _mark_storage(self, clean: bool) -> None:
+        """Record in storage which actor and boot it belongs to, and whether we stopped.
+
+        Written before ``node.cbor`` at start (a crash between the two only starts one
+        more epoch next time) and, with ``clean``, as the very last write at stop.
+        """
+        self.store.engine.put(IDENTITY_KEY, cbor2.dumps(
+            {"actor": self.actor, "boot": self.boot, "clean": clean}))
 
     def now(self) -> float:
         return time.time()
@@ -238,6 +262,7 @@ class Node:
         return msg.body
 
     async def start(self) -> None:
+        self._mark_storage(clean=False)
         self._save_identity()
         self.anti_entropy.refresh()
         await self.transport.start()
@@ -258,6 +283,10 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.extensions.stop()
         await self.transport.close()
+        try:
+            self._mark_storage(clean=True)
+        except Exception:  # noqa: BLE001 - the next start then begins a new epoch: safe
+            log.exception("%s: could not record a clean stop in storage", self.name)
         self.store.close()
         self.hints.close()
         log.info("%s stopped", self.name)
@@ -505,23 +534,20 @@ class Node:
     def _handle_put(self, msg: Message, client: Client) -> None:
         b = msg.body
         plan = self.plan(b["bucket"], b["key"], "w", b.get("w"))
-        local, issued = self.store.state(plan.bucket, plan.key) if (
-            self.name in plan.homes or b.get("forwarded")) else ([], 0)
         self._run(self.coordinator.start_put(
-            client, plan, b.get("value"), b.get("context"), msg.type == "delete", local,
-            time.time(), forwarded=bool(b.get("forwarded")), issued=issued))
+            client, plan, b.get("value"), b.get("context"), msg.type == "delete",
+            time.time(), forwarded=bool(b.get("forwarded"))))
 
     def _serve_replica(self, msg_type: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """This node's part as a replica: read or fold in versions of one key."""
         bucket, key = body["bucket"], body["key"]
         if msg_type == "replica_get":
-            versions, issued = self.store.state(bucket, key)
+            versions = self.store.read(bucket, key)
             # A stand-in answers with what it holds for absent homes too.
             if not body.get("own"):
                 for hinted in self.hints.for_key(bucket, key).values():
                     versions.extend(hinted)
-            return "replica_get_ok", {"versions": [v.to_wire() for v in versions],
-                                      "issued": issued}
+            return "replica_get_ok", {"versions": [v.to_wire() for v in versions]}
         try:
             incoming = [Version.from_wire(v) for v in body["versions"]]
         except ValueError as exc:

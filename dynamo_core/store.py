@@ -1,19 +1,29 @@
 """A node's local replica store: versions of each key on top of a byte storage engine.
 
 Engines only keep bytes; the rules that make a replica correct live here, once: incoming
-versions are folded into what is held, only the causally maximal set is kept, and a write
-that would grow a key past the sibling bound is refused (never silently trimmed).
+versions are folded into what is held, only the causally maximal set is kept, a write that
+would grow a key past the sibling bounds (a count, and the bytes one frame can carry) is
+refused, never silently trimmed, and this node's actor issues each dot exactly once.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+import logging
+from typing import Any, Callable, Iterator, Sequence
 
 import cbor2
 
-from .errors import Overloaded
+from .errors import InvalidRequest, Overloaded
 from .hookspecs import StorageEngine
-from .versions import Version, reconcile
+from .versions import Clock, Dot, Version, next_dot, reconcile
+
+log = logging.getLogger(__name__)
+
+#: The engine key of the store's identity record (see :mod:`dynamo_core.identity`). Every
+#: key of a replica holds a ``/`` (``bucket/key``); this one cannot be confused with them.
+IDENTITY_KEY = "\x00identity"
+#: Room left in a frame for the envelope and the other fields around a key's versions.
+FRAME_OVERHEAD = 64 * 1024
 
 
 def storage_key(bucket: str, key: str) -> str:
@@ -33,44 +43,97 @@ class LocalStore:
     versions that carried it, so the node never hands out one of its dots twice.
     """
 
-    def __init__(self, engine: StorageEngine, max_siblings: int, actor: str) -> None:
+    def __init__(self, engine: StorageEngine, max_siblings: int, actor: str,
+                 max_key_bytes: int = 16 * 1024 * 1024 - FRAME_OVERHEAD) -> None:
         self.engine = engine
         self.max_siblings = max_siblings
+        #: the most bytes a key's versions may take: what one frame carries, less room for
+        #: the envelope, so a key that was accepted can always be read, repaired and moved
+        self.max_key_bytes = max_key_bytes
         self.actor = actor
+        #: versions that arrived under a dot already held with other content (a dot issued
+        #: twice somewhere): detected, logged and resolved the same way on every replica
+        self.dot_conflicts = 0
         #: called as ``listener(bucket, key, old_versions, new_versions)`` after each change,
         #: so derived state (the Merkle trees) never needs a rescan
         self.listener: Callable[[str, str, list[Version], list[Version]], None] | None = None
 
+    def _record(self, bucket: str, key: str) -> dict[str, Any] | None:
+        data = self.engine.get(storage_key(bucket, key))
+        # Our own bytes, written after validation: decoded without the wire's limits.
+        return None if data is None else cbor2.loads(data)
+
     def state(self, bucket: str, key: str) -> tuple[list[Version], int]:
         """The versions held for the key and the highest counter this actor issued for it."""
-        data = self.engine.get(storage_key(bucket, key))
-        if data is None:
+        record = self._record(bucket, key)
+        if record is None:
             return [], 0
-        # Our own bytes, written after validation: decoded without the wire's limits.
-        record = cbor2.loads(data)
         return [Version.from_wire(v) for v in record["versions"]], record["issued"]
 
     def read(self, bucket: str, key: str) -> list[Version]:
         return self.state(bucket, key)[0]
 
+    def issue_dot(self, bucket: str, key: str, context: Clock) -> Dot:
+        """A dot of this node's actor for the key, never issued before, durably recorded.
+
+        Every path that makes a version here (a put, a forwarded put, a stand-in's write, a
+        merge written back) takes its dot from this one call: it reads and advances the
+        key's counter in one step of the event loop, and the counter is stored before the
+        dot is returned, so no version can be acknowledged under a dot a crash could let
+        this actor issue again. Raises :class:`InvalidRequest` for a context naming an event
+        of this actor it never made.
+        """
+        record = self._record(bucket, key) or {"versions": [], "issued": 0}
+        held = [Version.from_wire(v) for v in record["versions"]]
+        try:
+            dot = next_dot(self.actor, context, held, record["issued"])
+        except ValueError as exc:
+            raise InvalidRequest(f"key {key!r} in bucket {bucket!r}: {exc}") from None
+        record["issued"] = dot[1]
+        self.engine.put(storage_key(bucket, key), cbor2.dumps(record))
+        return dot
+
     def apply(self, bucket: str, key: str, incoming: Sequence[Version]) -> bool:
         """Fold ``incoming`` into the key's versions; True if what is held changed."""
-        held, issued = self.state(bucket, key)
+        skey = storage_key(bucket, key)
+        before = self.engine.get(skey)
+        record = {"versions": [], "issued": 0} if before is None else cbor2.loads(before)
+        held = [Version.from_wire(v) for v in record["versions"]]
         merged = reconcile([*held, *incoming])
         mine = max((v.dot[1] for v in incoming if v.dot[0] == self.actor), default=0)
-        changed = not _same_dots(held, merged)
-        if not changed and mine <= issued:
+        changed = not same_versions(held, merged)
+        self._note_dot_conflicts(bucket, key, held, incoming)
+        if not changed and mine <= record["issued"]:
             return False
         if len(merged) > self.max_siblings and len(merged) > len(held):
             raise Overloaded(
                 f"key {key!r} in bucket {bucket!r} would have {len(merged)} siblings, more "
                 f"than the limit of {self.max_siblings}; read it and write back one value "
                 f"with the context to merge them")
-        record = {"versions": [v.to_wire() for v in merged], "issued": max(issued, mine)}
-        self.engine.put(storage_key(bucket, key), cbor2.dumps(record))
+        data = cbor2.dumps({"versions": [v.to_wire() for v in merged],
+                            "issued": max(record["issued"], mine)})
+        # A change that shrinks the key (a merge superseding siblings) is always taken, so
+        # a key at its limit can still be mended with a put carrying its context.
+        if len(data) > self.max_key_bytes and len(data) > len(before or b""):
+            raise Overloaded(
+                f"key {key!r} in bucket {bucket!r} would hold {len(data)} bytes of versions, "
+                f"more than one message carries ({self.max_key_bytes}); merge its siblings "
+                f"(read, then write one value with the context) or write a smaller value")
+        self.engine.put(skey, data)
         if self.listener is not None and changed:
             self.listener(bucket, key, held, merged)
         return changed
+
+    def _note_dot_conflicts(self, bucket: str, key: str, held: Sequence[Version],
+                            incoming: Sequence[Version]) -> None:
+        by_dot = {v.dot: v for v in held}
+        for v in incoming:
+            mine = by_dot.get(v.dot)
+            if mine is not None and mine.fingerprint != v.fingerprint:
+                self.dot_conflicts += 1
+                log.error("key %r in bucket %r: two different versions carry dot %s:%d (an "
+                          "actor issued it twice); every replica keeps the same one of them",
+                          key, bucket, *v.dot)
 
     def remove(self, bucket: str, key: str, expected: Sequence[Version]) -> bool:
         """Delete the key if it still holds exactly ``expected`` (compared by dot).
@@ -79,7 +142,7 @@ class LocalStore:
         that arrived in the meantime must not be lost, so a changed key is left alone.
         """
         held, issued = self.state(bucket, key)
-        if not held or not _same_dots(held, reconcile(expected)):
+        if not held or not same_versions(held, reconcile(expected)):
             return False
         if issued:
             # Keep the counter: should the key come back here, no dot is ever reissued.
@@ -100,14 +163,17 @@ class LocalStore:
 
     def keys(self) -> Iterator[tuple[str, str]]:
         for skey in self.engine.keys():
-            yield split_storage_key(skey)
+            if skey != IDENTITY_KEY:
+                yield split_storage_key(skey)
 
     def __len__(self) -> int:
-        return len(self.engine)
+        return len(self.engine) - (self.engine.get(IDENTITY_KEY) is not None)
 
     def close(self) -> None:
         self.engine.close()
 
 
-def _same_dots(a: Sequence[Version], b: Sequence[Version]) -> bool:
-    return [v.dot for v in a] == [v.dot for v in b]
+def same_versions(a: Sequence[Version], b: Sequence[Version]) -> bool:
+    """The same versions, content and all (both lists reconciled, so in dot order)."""
+    return [v.fingerprint for v in a] == [v.fingerprint for v in b]
+

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
 import cbor2
@@ -34,6 +37,12 @@ import cbor2
 DEFAULT_MAX_ENTRIES = 10
 #: Bound on the entries a clock from outside may have before it is even parsed.
 MAX_WIRE_ENTRIES = 1024
+#: Dot counters stay below this: far under 2**63 (no overflow in any engine or language),
+#: exact as a double (JSON tools), and still more writes per actor and key than will happen.
+MAX_COUNTER = 1 << 48
+#: Timestamps are finite seconds since the epoch, at most this far from it (about 3,000
+#: years); a skewed or simulated clock may go below zero.
+MAX_TIMESTAMP = 1e11
 
 Dot = tuple[str, int]
 
@@ -195,11 +204,27 @@ def _parse_entry(entry: Any) -> tuple[str, int, float, bool]:
     actor, counter, ts = entry[0], entry[1], entry[2]
     if not isinstance(actor, str) or not actor or len(actor) > 256:
         raise ValueError("a clock actor is a non-empty string of at most 256 characters")
-    if isinstance(counter, bool) or not isinstance(counter, int) or not 0 < counter < 1 << 63:
-        raise ValueError("a clock counter is a positive integer")
+    if isinstance(counter, bool) or not isinstance(counter, int) or \
+            not 0 < counter < MAX_COUNTER:
+        raise ValueError(f"a clock counter is a positive integer below 2**48, not {counter!r}")
+    return actor, counter, parse_timestamp(ts, "a clock timestamp"), len(entry) == 4
+
+
+def parse_timestamp(ts: Any, what: str = "a timestamp") -> float:
+    """A timestamp from outside: a finite number of seconds within ``MAX_TIMESTAMP`` of 0.
+
+    NaN, infinities and huge integers are refused here, where they arrive, rather than
+    breaking a comparison (a NaN heads every heap) or a float conversion later.
+    """
     if isinstance(ts, bool) or not isinstance(ts, (int, float)):
-        raise ValueError("a clock timestamp is a number")
-    return actor, counter, float(ts), len(entry) == 4
+        raise ValueError(f"{what} is a number of seconds")
+    if isinstance(ts, int) and abs(ts) > MAX_TIMESTAMP:
+        raise ValueError(f"{what} must lie within {MAX_TIMESTAMP:g} of 0, not {ts}")
+    value = float(ts)
+    if not math.isfinite(value) or abs(value) > MAX_TIMESTAMP:
+        raise ValueError(f"{what} must be finite and within {MAX_TIMESTAMP:g} of 0, "
+                         f"not {ts!r}")
+    return value
 
 
 def _normalized(vector: dict[str, tuple[int, float]],
@@ -250,6 +275,16 @@ class Version:
         """True when this version's writer had seen ``other``."""
         return self.dot != other.dot and self.clock.covers(other.dot)
 
+    @cached_property
+    def fingerprint(self) -> bytes:
+        """A digest of the whole version, value included, in its canonical wire form.
+
+        A dot names one write, so two replicas holding the same dot normally hold the same
+        version. If a dot was ever issued twice (an actor that lost its storage), comparing
+        fingerprints instead of dots is what lets replicas notice they differ.
+        """
+        return hashlib.blake2b(_wire_bytes(self), digest_size=16).digest()
+
     def to_wire(self) -> dict[str, Any]:
         return {"value": self.value, "clock": self.clock.to_wire(),
                 "dot": [self.dot[0], self.dot[1]], "ts": self.timestamp,
@@ -264,15 +299,15 @@ class Version:
             if not isinstance(dot, list) or len(dot) != 2:
                 raise ValueError("a version's dot is [actor, counter]")
             actor, counter, _, _ = _parse_entry([dot[0], dot[1], 0.0])
-            ts = body["ts"]
+            ts = parse_timestamp(body["ts"], "a version's ts")
             tomb = body["tomb"]
             clock = Clock.from_wire(body["clock"])
             value = body["value"]
         except (KeyError, IndexError, TypeError) as exc:
             raise ValueError(f"a version map lacks a field or has a wrong one: {exc}") from None
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not isinstance(tomb, bool):
-            raise ValueError("a version's ts is a number and tomb a boolean")
-        return cls(None if tomb else value, clock, (actor, counter), float(ts), tomb)
+        if not isinstance(tomb, bool):
+            raise ValueError("a version's tomb is a boolean")
+        return cls(None if tomb else value, clock, (actor, counter), ts, tomb)
 
 
 def reconcile(versions: Iterable[Version]) -> list[Version]:
@@ -286,7 +321,7 @@ def reconcile(versions: Iterable[Version]) -> list[Version]:
         held = by_dot.get(v.dot)
         if held is None:
             by_dot[v.dot] = v
-        elif held != v and _wire_bytes(v) > _wire_bytes(held):
+        elif held.fingerprint != v.fingerprint and _wire_bytes(v) > _wire_bytes(held):
             # Two different versions under one dot should never exist, but if they do, every
             # node must keep the same one whatever order the replicas answered in.
             by_dot[v.dot] = v
@@ -312,16 +347,24 @@ def context_of(versions: Iterable[Version]) -> Clock:
 
 
 def next_dot(actor: str, context: Clock, local: Sequence[Version], issued: int = 0) -> Dot:
-    """A dot ``actor`` has never issued for this key.
+    """The next dot ``actor`` issues for a key, given what its replica holds of the key.
 
-    ``issued`` is the highest counter the actor's own replica recorded issuing for the key
-    (the coordinator writes locally before anyone acknowledges). Versions alone are not
-    enough: once a truncated clock supersedes every version that mentions the actor, they
-    no longer show its counter, and a reissued dot could look older than its ancestors.
+    ``issued`` is the highest counter the actor recorded issuing for the key; versions
+    alone are not enough, since once a truncated clock supersedes every version that
+    mentions the actor they no longer show its counter. A context naming a counter of
+    ``actor`` beyond that is refused: the actor never made that event, so the context was
+    forged or comes from another cluster, and honouring it would let one put supersede
+    writes the actor has yet to make.
     """
-    top = max(issued, context.counter(actor))
+    top = issued
     for v in local:
         top = max(top, v.clock.counter(actor), v.dot[1] if v.dot[0] == actor else 0)
+    claimed = context.counter(actor)
+    if claimed > top:
+        raise ValueError(f"the context names event {claimed} of actor {actor}, which only "
+                         f"issued {top} for this key: it is not a context this cluster made")
+    if top + 1 >= MAX_COUNTER:
+        raise ValueError(f"actor {actor} has issued every dot it may for this key")
     return actor, top + 1
 
 

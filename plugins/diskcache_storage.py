@@ -40,6 +40,8 @@ class DiskCacheEngine:
     durable = True
 
     def __init__(self, directory: str, fsync: bool) -> None:
+        #: every commit synced: an acknowledged put survives a power loss, not only kill -9
+        self.power_safe = fsync
         # Every setting is passed on every open: diskcache persists settings in the database
         # and would otherwise keep whatever an earlier open (or its own defaults) chose.
         self._cache = diskcache.Cache(

@@ -29,7 +29,7 @@ from dynamo_core.coordinator import Coordinator, Fail, KeyPlan, PeerFailed, Repl
 from dynamo_core.errors import InvalidRequest, Overloaded, QuorumNotMet, Timeout, Unavailable
 from dynamo_core.hookspecs import Sibling
 from dynamo_core.store import LocalStore
-from dynamo_core.versions import Clock, Version, decode_context
+from dynamo_core.versions import Clock, Version, decode_context, encode_context
 from dynamo_plugins.memory_storage import open_memory_engine
 
 TIMEOUT = 1.0
@@ -63,7 +63,7 @@ class Net:
         self.down: set[str] = set()
         self.stores = {n: LocalStore(open_memory_engine(None, {}), max_siblings, f"actor-{n}")
                        for n in names}
-        self.coords = {n: Coordinator(n, f"actor-{n}", request_timeout=TIMEOUT,
+        self.coords = {n: Coordinator(n, self.stores[n], request_timeout=TIMEOUT,
                                       max_clock_entries=max_clock_entries,
                                       max_pending=max_pending)
                        for n in names}
@@ -175,9 +175,9 @@ class Net:
         node, body = send.to, send.body
         store = self.stores[node]
         if send.msg_type == "replica_get":
-            versions, issued = store.state(body["bucket"], body["key"])
+            versions = store.read(body["bucket"], body["key"])
             return self._answer(src, send, "replica_get_ok",
-                                {"versions": [v.to_wire() for v in versions], "issued": issued})
+                                {"versions": [v.to_wire() for v in versions]})
         if send.msg_type == "replica_put":
             incoming = [Version.from_wire(v) for v in body["versions"]]
             try:
@@ -192,10 +192,9 @@ class Net:
             self._relay[client] = (src, send.req_id)
             assert body["bucket"] == BUCKET
             plan = self.plan(body["key"], body["w"])
-            local, issued = store.state(body["bucket"], body["key"])
             effects = self.coords[node].start_put(
                 client, plan, body.get("value"), body.get("context"),
-                send.msg_type == "delete", local, self.now, forwarded=True, issued=issued)
+                send.msg_type == "delete", self.now, forwarded=True)
             return [(node, e) for e in effects]
         raise AssertionError(f"the test network does not know {send.msg_type!r}")
 
@@ -217,9 +216,8 @@ class Net:
                   w: int = 2, tombstone: bool = False) -> str:
         client = self._client()
         plan = self.plan(key, w)
-        local, issued = self.stores[via].state(BUCKET, key)
         effects = self.coords[via].start_put(client, plan, value, context, tombstone,
-                                             local, self.now, issued=issued)
+                                             self.now)
         self.run(via, effects)
         return client
 
@@ -386,7 +384,7 @@ def test_put_with_w3_counts_a_replica_error_as_a_failure_not_an_answer(net):
 
 def test_put_treats_a_reply_of_the_wrong_type_as_a_failed_replica(net):
     coord = net.coords["n1"]
-    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
+    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, 0.0)
     assert local.to == "n1"
     effects = coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)
     sends = {s.to: s for s in effects if isinstance(s, Send)}
@@ -401,7 +399,7 @@ def test_put_treats_a_reply_of_the_wrong_type_as_a_failed_replica(net):
 
 def test_a_put_sends_nothing_to_the_other_replicas_until_the_coordinators_own_write_is_acked(net):
     coord = net.coords["n1"]
-    effects = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    effects = coord.start_put("c", net.plan("k", 2), "v", None, False, 0.0)
     [local] = effects
     assert (local.to, local.msg_type) == ("n1", "replica_put") and local.req_id is not None
     assert coord.pending() == 1 and list(coord._sent) == [local.req_id]
@@ -448,7 +446,7 @@ def test_a_put_whose_local_write_fails_fails_at_once_with_the_local_error(net, c
 
 def test_a_local_write_error_without_a_code_fails_the_put_naming_the_coordinator(net):
     coord = net.coords["n1"]
-    [local] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [local] = coord.start_put("c", net.plan("k", 2), "v", None, False, 0.0)
     [fail] = coord.on_reply(local.req_id, "n1", "error", {"message": "disk gone"}, 0.0)
     assert isinstance(fail, Fail) and fail.client == "c"
     assert type(fail.error) is errors.DynamoError
@@ -458,7 +456,7 @@ def test_a_local_write_error_without_a_code_fails_the_put_naming_the_coordinator
 
 def test_a_wrong_type_reply_to_the_local_write_fails_the_put_without_replicating(net):
     coord = net.coords["n1"]
-    [local] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [local] = coord.start_put("c", net.plan("k", 2), "v", None, False, 0.0)
     [fail] = coord.on_reply(local.req_id, "n1", "replica_get_ok", {"versions": []}, 0.0)
     assert isinstance(fail, Fail) and type(fail.error) is errors.DynamoError
     assert str(fail.error) == ("n1 could not store the version: "
@@ -573,7 +571,7 @@ def test_a_forwarded_put_whose_first_home_is_unavailable_succeeds_through_the_se
 
 def test_a_forwarded_put_whose_first_home_is_unreachable_is_sent_to_the_next_home(net):
     coord = net.coords["n4"]
-    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, 0.0)
     assert fwd.to == "n1"
     effects = coord.on_unreachable(fwd.req_id, "n1", "no address for n1", 0.0)
     assert [type(e) for e in effects] == [PeerFailed, Send]
@@ -603,7 +601,7 @@ def test_a_forwarded_put_times_out_after_one_and_a_half_timeouts_when_the_home_i
 
 def test_a_forwarded_put_whose_every_home_is_unreachable_fails_as_unavailable(net):
     coord = net.coords["n4"]
-    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, 0.0)
     req_id, failures = fwd.req_id, []
     for home, nxt in (("n1", "n2"), ("n2", "n3")):
         failed, retry = coord.on_unreachable(req_id, home, f"no address for {home}", 0.0)
@@ -622,7 +620,7 @@ def test_a_forwarded_put_whose_every_home_is_unreachable_fails_as_unavailable(ne
 
 def test_a_replica_the_coordinator_cannot_reach_counts_as_an_unavailable_failure(net):
     coord = net.coords["n1"]
-    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
+    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, 0.0)
     sends = {s.to: s for s in coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)}
     assert coord.on_reply(sends["n2"].req_id, "n2", "replica_put_ok", {}, 0.0) == []
     effects = coord.on_unreachable(sends["n3"].req_id, "n3", "no address known for node n3",
@@ -638,7 +636,7 @@ def test_a_replica_the_coordinator_cannot_reach_counts_as_an_unavailable_failure
 
 def test_an_unreachable_forward_target_is_named_in_the_unavailable_error(net):
     coord = net.coords["n4"]
-    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, 0.0)
     why = "send queue towards tcp://10.0.0.1:7000 is full"
     [_, to_n2] = coord.on_unreachable(fwd.req_id, "n1", "no address known for n1", 0.0)
     [_, to_n3] = coord.on_unreachable(to_n2.req_id, "n2", "no address known for n2", 0.0)
@@ -654,7 +652,7 @@ def test_an_unreachable_forward_target_is_named_in_the_unavailable_error(net):
 
 def test_a_forwarded_put_whose_homes_answer_garbage_fails_as_unavailable(net):
     coord = net.coords["n4"]
-    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, 0.0)
     # Garbage is a failed home, not a verdict: the next home is tried.
     [to_n2] = coord.on_reply(fwd.req_id, "n1", "replica_put_ok", {}, 0.0)
     assert (to_n2.to, to_n2.msg_type) == ("n2", "put")
@@ -668,7 +666,7 @@ def test_a_forwarded_put_whose_homes_answer_garbage_fails_as_unavailable(net):
 
 def test_a_put_for_a_key_with_no_known_home_fails_at_once():
     coord = Net().coords["n4"]
-    [fail] = coord.start_put("c", KeyPlan(BUCKET, "k", (), 2), "v", None, False, [], 0.0)
+    [fail] = coord.start_put("c", KeyPlan(BUCKET, "k", (), 2), "v", None, False, 0.0)
     assert isinstance(fail, Fail) and type(fail.error) is QuorumNotMet
     assert "no home node is known" in str(fail.error)
     assert coord.pending() == 0
@@ -676,7 +674,7 @@ def test_a_put_for_a_key_with_no_known_home_fails_at_once():
 
 def test_a_put_arriving_forwarded_at_a_non_home_node_is_coordinated_there_not_forwarded(net):
     coord = net.coords["n4"]
-    effects = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0,
+    effects = coord.start_put("c", net.plan("k", 2), "v", None, False, 0.0,
                               forwarded=True)
     # It writes to itself first, like any coordinator, then to every home node.
     assert [(s.to, s.msg_type) for s in effects] == [("n4", "replica_put")]
@@ -943,7 +941,7 @@ def test_a_reply_with_an_unknown_request_id_is_dropped_and_counted(net):
 
 def test_replies_after_an_operation_ended_are_dropped_and_counted(net):
     coord = net.coords["n1"]
-    [local] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [local] = coord.start_put("c", net.plan("k", 2), "v", None, False, 0.0)
     ids = {"n1": local.req_id}
     ids.update((s.to, s.req_id)
                for s in coord.on_reply(ids["n1"], "n1", "replica_put_ok", {}, 0.0))
@@ -975,7 +973,7 @@ def test_replies_after_a_timed_out_operation_are_dropped_and_counted(net):
 
 def test_a_reply_from_a_peer_other_than_the_one_asked_is_dropped_and_counted(net):
     coord = net.coords["n1"]
-    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
+    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, 0.0)
     # Another node answering the coordinator's own write neither replicates nor fails it.
     assert coord.on_reply(local.req_id, "n2", "replica_put_ok", {}, 0.0) == []
     assert coord.on_reply(local.req_id, "n3", "error", {"message": "not mine"}, 0.0) == []
@@ -990,7 +988,7 @@ def test_a_reply_from_a_peer_other_than_the_one_asked_is_dropped_and_counted(net
 
 def test_a_reply_from_the_wrong_peer_does_not_cost_the_right_peer_its_answer(net):
     coord = net.coords["n1"]
-    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, [], 0.0)
+    [local] = coord.start_put("c", net.plan("k", 3), "v", None, False, 0.0)
     assert coord.on_reply(local.req_id, "n4", "replica_put_ok", {}, 0.0) == []
     effects = coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)
     ids = {s.to: s.req_id for s in effects}
@@ -1110,7 +1108,7 @@ def test_no_internal_map_grows_after_many_completed_operations():
 @pytest.mark.parametrize("via", ["n1", "n4"])
 def test_a_put_with_a_bad_context_fails_as_invalid_request_before_sending_anything(context, via):
     coord = Net().coords[via]
-    effects = coord.start_put("c", KeyPlan(BUCKET, "k", HOMES, 2), "v", context, False, [], 0.0)
+    effects = coord.start_put("c", KeyPlan(BUCKET, "k", HOMES, 2), "v", context, False, 0.0)
     [fail] = effects
     assert isinstance(fail, Fail) and type(fail.error) is InvalidRequest
     assert str(fail.error)
@@ -1532,7 +1530,7 @@ def test_a_spare_brought_in_at_the_hedge_is_not_hedged_out_on_the_next_tick(slop
 
 def test_a_forward_whose_last_home_answers_garbage_reports_that_not_an_earlier_error(net):
     coord = net.coords["n4"]
-    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, [], 0.0)
+    [fwd] = coord.start_put("c", net.plan("k", 2), "v", None, False, 0.0)
     unavailable = errors.to_wire(Unavailable("n1 is shutting down"))
     [_, to_n2] = coord.on_reply(fwd.req_id, "n1", "error", unavailable, 0.0)
     [to_n3] = coord.on_reply(to_n2.req_id, "n2", "replica_put_ok", {}, 0.0)
@@ -1582,3 +1580,102 @@ def test_a_get_of_an_absent_key_settles_at_the_hedge_time_when_a_node_stays_sile
     assert net.answer(client) is None
     net.tick(TIMEOUT / 2)
     assert net.ok(client, "get_ok")["siblings"] == []
+
+
+# ====================================================================== dots issued once
+
+
+def test_a_put_coordinated_while_a_merging_get_waits_never_shares_the_merges_dot(net):
+    """The lost-cart-add bug: the merge took its dot from the replica read at the get's
+    start, so a put coordinated meanwhile at the same node got the very same dot, and the
+    reader's next put superseded an add nobody had seen."""
+    net.put("n1", "cart", ["book"])
+    net.put("n1", "cart", ["pen"])  # two siblings (no context)
+    _, ctx = net.get("n1", "cart", r=3)
+    snapshot = {"versions": [v.to_wire() for v in net.stores["n2"].read(BUCKET, "cart")]}
+    coord = net.coords["n1"]
+    sends = [e for e in coord.start_get("reader", net.plan("cart", 3, SortedUnion()), 0.0)
+             if isinstance(e, Send)]
+    added = net.put("n1", "cart", ["book", "pen", "mug"], ctx)  # acknowledged meanwhile
+    effects = []
+    for send in sends:  # the replicas' answers, from before the add reached them
+        effects += coord.on_reply(send.req_id, send.to, "replica_get_ok", snapshot, 0.0)
+    [reply] = [e for e in effects if isinstance(e, Reply)]
+    merge_dot = tuple(reply.body["siblings"][0]["dot"])
+    assert merge_dot != ("actor-n1", decode_context(added).counter("actor-n1"))
+    net.run("n1", [e for e in effects if not isinstance(e, Reply)])  # the write-back
+    # The merge and the add are concurrent siblings: the reader's next put keeps the add.
+    net.put("n1", "cart", ["book", "pen", "lamp"], reply.body["context"])
+    values, _ = net.get("n2", "cart", r=3, resolver=SortedUnion())
+    assert values == [["book", "lamp", "mug", "pen"]]
+
+
+def test_two_merging_gets_at_one_node_issue_two_dots(net):
+    net.put("n1", "cart", ["a"])
+    net.put("n1", "cart", ["b"])
+    snapshot = {"versions": [v.to_wire() for v in net.stores["n1"].read(BUCKET, "cart")]}
+    coord = net.coords["n1"]
+    plan = net.plan("cart", 3, SortedUnion())
+    # Both gets hear every replica answer with the two siblings before either answers.
+    first = [e for e in coord.start_get("first", plan, 0.0) if isinstance(e, Send)]
+    second = [e for e in coord.start_get("second", plan, 0.0) if isinstance(e, Send)]
+    answers = []
+    for sends in (first, second):
+        for send in sends:
+            answers += coord.on_reply(send.req_id, send.to, "replica_get_ok", snapshot, 0.0)
+    replies = [a for a in answers if isinstance(a, Reply)]
+    assert len(replies) == 2
+    assert len({tuple(r.body["siblings"][0]["dot"]) for r in replies}) == 2
+
+
+def test_forwarded_puts_at_a_stand_in_never_reissue_a_dot():
+    """A put marked forwarded at a node that is not a home stores its own write as a hint;
+    the counter it issued must still be recorded, or the next forwarded put reuses it."""
+    net = Net(walk=("n1", "n2", "n3", "n4"))
+    net.down.add("n1")
+    plan = net.plan("k", 2)
+    assert "n4" in plan.targets and "n4" not in plan.homes
+    coord = net.coords["n4"]
+    dots = set()
+    for value in ("first", "second"):
+        effects = coord.start_put(f"c-{value}", plan, value, None, False, 0.0, forwarded=True)
+        [own] = [e for e in effects if isinstance(e, Send)]
+        [wire] = own.body["versions"]
+        dots.add(tuple(wire["dot"]))
+    assert len(dots) == 2
+    assert net.stores["n4"].state(BUCKET, "k") == ([], 2)  # the counter, durable, no replica
+
+
+def test_a_context_naming_an_event_the_coordinator_never_issued_is_refused(net):
+    forged = encode_context(Clock.of({"actor-n1": (1 << 48) - 1}))
+    err = net.failed(net.start_put("n1", "k", "v", forged))
+    assert isinstance(err, errors.InvalidRequest)
+    assert "never" in str(err) or "only issued" in str(err)
+    # The key is not wedged: an honest put through the same node still works.
+    net.put("n1", "k", "honest")
+    assert net.get("n2", "k", r=3)[0] == ["honest"]
+
+
+def test_a_version_arriving_under_a_held_dot_with_other_content_is_detected_and_resolved_alike(
+        net):
+    one = version("one", ("x", 1), ts=1.0)
+    other = version("other", ("x", 1), ts=2.0)
+    seed(net, "n1", "k", one)
+    seed(net, "n2", "k", other)
+    net.stores["n1"].apply(BUCKET, "k", [other])
+    net.stores["n2"].apply(BUCKET, "k", [one])
+    assert net.stores["n1"].dot_conflicts == 1 and net.stores["n2"].dot_conflicts == 1
+    assert net.held_values("n1", "k") == net.held_values("n2", "k")  # the same one kept
+    assert len(net.stores["n1"].read(BUCKET, "k")) == 1
+
+
+def test_read_repair_compares_content_not_only_dots(net):
+    one = version("one", ("x", 1), ts=1.0)
+    other = version("other", ("x", 1), ts=2.0)
+    for n in HOMES:
+        seed(net, n, "k", one)
+    net.stores["n3"].engine.delete("default/k")
+    seed(net, "n3", "k", other)  # n3 alone holds another version under x:1
+    net.get("n1", "k", r=3)
+    kept = net.held_values("n1", "k")
+    assert all(net.held_values(n, "k") == kept for n in HOMES)
