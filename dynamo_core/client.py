@@ -22,7 +22,7 @@ from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
 from .hookspecs import Resolver, Sibling
 from .transport import SocketReader, configure
 from .versions import context_from_text
-from .wire import Codec, Message
+from .wire import Codec, Message, check_value
 
 DEFAULT_BUCKET = "default"
 DEFAULT_TIMEOUT = 5.0
@@ -114,6 +114,7 @@ class _Requests:
         body = self.key_body(bucket, key)
         body["context"] = _context_bytes(context)
         if not delete:
+            check_value(value)
             body["value"] = value
         if w is not None:
             body["w"] = w
@@ -210,6 +211,10 @@ class Client:
 
     def delete(self, key: str, context: Any = None, w: int | None = None, *,
                bucket: str | None = None, node: str | None = None) -> bytes:
+        """Delete what ``context`` saw; without one, read the key first (as Riak's client
+        does): a tombstone with no context would supersede nothing."""
+        if context is None:
+            context = self.get(key, bucket=bucket, node=node, resolve=False).context
         body = self._req.put_body(bucket or self.default_bucket, key, None, context, w, True)
         return self._call("delete", body, node)["context"]
 
@@ -342,6 +347,9 @@ class AsyncClient:
 
     async def delete(self, key: str, context: Any = None, w: int | None = None, *,
                      bucket: str | None = None, node: str | None = None) -> bytes:
+        """Delete what ``context`` saw; without one, read the key first (see Client)."""
+        if context is None:
+            context = (await self.get(key, bucket=bucket, node=node, resolve=False)).context
         body = self._req.put_body(bucket or self.default_bucket, key, None, context, w, True)
         return (await self._call("delete", body, node))["context"]
 

@@ -55,6 +55,12 @@ class Overloaded(DynamoError):
     code = "overloaded"
 
 
+class StorageFailed(DynamoError):
+    """A node's storage engine raised (disk full, I/O error): nothing was stored there."""
+
+    code = "storage_failed"
+
+
 class ResolverFailed(DynamoError):
     """A bucket's resolver raised on the siblings of a key (a resolver bug, or bad data)."""
 
@@ -83,7 +89,8 @@ class QuorumNotMet(DynamoError):
 
 
 _BY_CODE = {cls.code: cls for cls in (DynamoError, InvalidRequest, ConfigError, WireError,
-                                        Timeout, Unavailable, Overloaded, ResolverFailed)}
+                                        Timeout, Unavailable, Overloaded, ResolverFailed,
+                                        StorageFailed)}
 
 
 def to_wire(error: DynamoError) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import cbor2
 
@@ -35,7 +35,7 @@ from .liveness import Liveness
 from .membership import Member, Membership
 from .plugins import Registry, make_plugin_manager
 from .ring import key_hash
-from .store import FRAME_OVERHEAD, IDENTITY_KEY, LocalStore
+from .store import IDENTITY_KEY, LocalStore, key_bytes_limit
 from .transport import SendFailed, ZmqTransport
 from .versions import Version
 from .wire import Codec, Message
@@ -47,6 +47,9 @@ T = TypeVar("T")
 TICK_SECONDS = 0.02
 #: Time given to a new peer connection before the first message is sent on it.
 CONNECT_SECONDS = 0.05
+#: Bounds of the wait before a failed background loop is started again.
+LOOP_BACKOFF_MIN = 0.1
+LOOP_BACKOFF_MAX = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class Node:
         #: drawn at each start; ties node.cbor to the storage of this run (see identity)
         self.boot = new_boot(self.rng)
         self.store = LocalStore(replicas, config.max_siblings, self.actor,
-                                config.max_message_bytes - FRAME_OVERHEAD)
+                                key_bytes_limit(config.max_message_bytes))
         # Hints live in their own store, never mixed with this node's own replicas.
         hints_dir = os.path.join(data_dir, "hints") if data_dir is not None else None
         try:
@@ -143,6 +146,8 @@ class Node:
         }
         self.malformed_frames = 0
         self.expired_requests = 0
+        #: background loop name -> how many times it failed and was started again
+        self.loop_failures: dict[str, int] = {}
         self.anti_entropy = AntiEntropy(self)
         #: set when this node has left the cluster and should exit
         self.left = asyncio.Event()
@@ -266,11 +271,12 @@ class Node:
         self._save_identity()
         self.anti_entropy.refresh()
         await self.transport.start()
-        self._tasks = [asyncio.create_task(self._tick_loop(), name="tick"),
-                       asyncio.create_task(self._gossip_loop(), name="gossip"),
-                       asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                       asyncio.create_task(self._handoff_loop(), name="handoff"),
-                       asyncio.create_task(self.anti_entropy.run(), name="anti-entropy"),
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "tick": self._tick_loop, "gossip": self._gossip_loop,
+            "heartbeat": self._heartbeat_loop, "handoff": self._handoff_loop,
+            "anti-entropy": self.anti_entropy.run}
+        self._tasks = [*(asyncio.create_task(self._supervise(name, loop), name=name)
+                         for name, loop in loops.items()),
                        *self.extensions.start_tasks()]
         log.info("%s listening on %s (actor %s, %s, engine %s)", self.name, self.listen,
                  self.actor, self.config.partitioning["strategy"], self.config.storage["engine"])
@@ -290,6 +296,36 @@ class Node:
         self.store.close()
         self.hints.close()
         log.info("%s stopped", self.name)
+
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop forever: whatever it raises, it is started again.
+
+        One storage error (a full disk) in a read repair sent from a timer must not end
+        the timers for good. The first failure of a loop is logged with its traceback,
+        later ones in a line each; all are counted (``loop_failures`` in status), and the
+        restarts back off, from a tenth of a second up to ten, resetting once the loop
+        has run for a minute without failing.
+        """
+        delay = 0.0
+        while True:
+            started = time.monotonic()
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the point is to survive anything
+                failures = self.loop_failures.get(name, 0) + 1
+                self.loop_failures[name] = failures
+                delay = LOOP_BACKOFF_MIN if time.monotonic() - started > 60 else min(
+                    LOOP_BACKOFF_MAX, max(LOOP_BACKOFF_MIN, delay * 2))
+                if failures == 1:
+                    log.exception("%s: the %s loop failed; restarting it in %.1fs",
+                                  self.name, name, delay)
+                else:
+                    log.error("%s: the %s loop failed again (%d times): %s; restarting in "
+                              "%.1fs", self.name, name, failures, exc, delay)
+            await asyncio.sleep(delay)
 
     async def _tick_loop(self) -> None:
         while True:
@@ -360,24 +396,32 @@ class Node:
             self._tasks = [t for t in self._tasks if not t.done()]
 
     async def _deliver_hints(self, target: str) -> None:
-        """Hand one batch of hints to a home that is back; delete each once acknowledged."""
-        ok = True
-        for hint in self.hints.batch(target, self.config.handoff_batch):
-            while not self.budget.try_start(time.time()):
-                await asyncio.sleep(0.01)
-            try:
-                await self.call(target, "replica_put", {
-                    "bucket": hint.bucket, "key": hint.key,
-                    "versions": [v.to_wire() for v in hint.versions]})
-            except DynamoError as exc:
-                log.debug("%s: handoff to %s paused: %s", self.name, target, exc)
-                ok = False
-                break
-            finally:
-                self.budget.done()
-            if self.hints.delivered(hint):
-                self.hints_delivered += 1
-        self.handoff.finished(target, ok, time.time())
+        """Hand one batch of hints to a home that is back; delete each once acknowledged.
+
+        Whatever happens, the target's delivery slot is given back (``finally``): a batch
+        that raised must not stop hinted handoff to that node for good.
+        """
+        ok = False
+        try:
+            for hint in self.hints.batch(target, self.config.handoff_batch):
+                while not self.budget.try_start(time.time()):
+                    await asyncio.sleep(0.01)
+                try:
+                    await self.call(target, "replica_put", {
+                        "bucket": hint.bucket, "key": hint.key,
+                        "versions": [v.to_wire() for v in hint.versions]})
+                finally:
+                    self.budget.done()
+                if self.hints.delivered(hint):
+                    self.hints_delivered += 1
+            ok = True
+        except DynamoError as exc:
+            log.debug("%s: handoff to %s paused: %s", self.name, target, exc)
+        except Exception:  # noqa: BLE001 - logged, retried after the target's backoff
+            self.loop_failures["handoff"] = self.loop_failures.get("handoff", 0) + 1
+            log.exception("%s: handoff to %s failed", self.name, target)
+        finally:
+            self.handoff.finished(target, ok, time.time())
 
     # ================================================================== incoming
 
@@ -474,6 +518,10 @@ class Node:
                 msg_type, body = self._serve_replica(send.msg_type, send.body)
             except DynamoError as exc:
                 msg_type, body = "error", errors.to_wire(exc)
+            except Exception as exc:  # noqa: BLE001 - the operation fails, the node serves on
+                log.exception("%s: local %s failed", self.name, send.msg_type)
+                msg_type, body = "error", errors.to_wire(errors.StorageFailed(
+                    f"{self.name} could not serve its own {send.msg_type}: {exc}"))
             if send.req_id is None:
                 return []
             return self.coordinator.on_reply(send.req_id, self.name, msg_type, body, now)
@@ -697,6 +745,8 @@ class Node:
             "hinted_writes": self.coordinator.hinted_writes,
             "failure_detector": self.config.failure_detector["plugin"],
             "malformed_frames": self.malformed_frames,
+            "loop_failures": dict(self.loop_failures),
+            "dot_conflicts": self.store.dot_conflicts,
             "expired_requests": self.expired_requests,
             "replication": self.config.n,
             "partitioning": self.config.partitioning["strategy"],

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import cbor2
 
-from .errors import InvalidRequest, Overloaded
+from .errors import InvalidRequest, Overloaded, StorageFailed
 from .hookspecs import StorageEngine
 from .versions import Clock, Dot, Version, next_dot, reconcile
 
@@ -22,8 +22,14 @@ log = logging.getLogger(__name__)
 #: The engine key of the store's identity record (see :mod:`dynamo_core.identity`). Every
 #: key of a replica holds a ``/`` (``bucket/key``); this one cannot be confused with them.
 IDENTITY_KEY = "\x00identity"
-#: Room left in a frame for the envelope and the other fields around a key's versions.
-FRAME_OVERHEAD = 64 * 1024
+#: Room left in a frame for the envelope and the fields around a key and its versions.
+FRAME_OVERHEAD = 4096
+
+
+def key_bytes_limit(max_message_bytes: int) -> int:
+    """The most bytes one key (its name and versions) may take so any message carrying
+    it (a replica's put or answer, a hint, a transfer) fits in one frame."""
+    return max_message_bytes - min(FRAME_OVERHEAD, max_message_bytes // 128)
 
 
 def storage_key(bucket: str, key: str) -> str:
@@ -59,9 +65,21 @@ class LocalStore:
         self.listener: Callable[[str, str, list[Version], list[Version]], None] | None = None
 
     def _record(self, bucket: str, key: str) -> dict[str, Any] | None:
-        data = self.engine.get(storage_key(bucket, key))
+        data = self._get(storage_key(bucket, key))
         # Our own bytes, written after validation: decoded without the wire's limits.
         return None if data is None else cbor2.loads(data)
+
+    def _get(self, skey: str) -> bytes | None:
+        try:
+            return self.engine.get(skey)
+        except Exception as exc:  # noqa: BLE001 - any engine failure is the same to callers
+            raise StorageFailed(f"storage engine failed reading {skey!r}: {exc}") from exc
+
+    def _put(self, skey: str, data: bytes) -> None:
+        try:
+            self.engine.put(skey, data)
+        except Exception as exc:  # noqa: BLE001 - disk full, I/O error, a plugin's bug
+            raise StorageFailed(f"storage engine failed writing {skey!r}: {exc}") from exc
 
     def state(self, bucket: str, key: str) -> tuple[list[Version], int]:
         """The versions held for the key and the highest counter this actor issued for it."""
@@ -90,13 +108,13 @@ class LocalStore:
         except ValueError as exc:
             raise InvalidRequest(f"key {key!r} in bucket {bucket!r}: {exc}") from None
         record["issued"] = dot[1]
-        self.engine.put(storage_key(bucket, key), cbor2.dumps(record))
+        self._put(storage_key(bucket, key), cbor2.dumps(record))
         return dot
 
     def apply(self, bucket: str, key: str, incoming: Sequence[Version]) -> bool:
         """Fold ``incoming`` into the key's versions; True if what is held changed."""
         skey = storage_key(bucket, key)
-        before = self.engine.get(skey)
+        before = self._get(skey)
         record = {"versions": [], "issued": 0} if before is None else cbor2.loads(before)
         held = [Version.from_wire(v) for v in record["versions"]]
         merged = reconcile([*held, *incoming])
@@ -114,12 +132,13 @@ class LocalStore:
                             "issued": max(record["issued"], mine)})
         # A change that shrinks the key (a merge superseding siblings) is always taken, so
         # a key at its limit can still be mended with a put carrying its context.
-        if len(data) > self.max_key_bytes and len(data) > len(before or b""):
+        size = len(data) + len(skey.encode("utf-8"))
+        if size > self.max_key_bytes and len(data) > len(before or b""):
             raise Overloaded(
-                f"key {key!r} in bucket {bucket!r} would hold {len(data)} bytes of versions, "
+                f"key {key!r} in bucket {bucket!r} would hold {size} bytes of versions, "
                 f"more than one message carries ({self.max_key_bytes}); merge its siblings "
                 f"(read, then write one value with the context) or write a smaller value")
-        self.engine.put(skey, data)
+        self._put(skey, data)
         if self.listener is not None and changed:
             self.listener(bucket, key, held, merged)
         return changed
@@ -146,8 +165,7 @@ class LocalStore:
             return False
         if issued:
             # Keep the counter: should the key come back here, no dot is ever reissued.
-            self.engine.put(storage_key(bucket, key),
-                            cbor2.dumps({"versions": [], "issued": issued}))
+            self._put(storage_key(bucket, key), cbor2.dumps({"versions": [], "issued": issued}))
         else:
             self.engine.delete(storage_key(bucket, key))
         if self.listener is not None:

@@ -12,7 +12,9 @@ with a message that names the problem, which the node sends back as an error rep
 
 from __future__ import annotations
 
+import datetime
 import io
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -109,6 +111,67 @@ def safe_loads(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
     if fp.tell() != len(data):
         raise WireError(f"frame has {len(data) - fp.tell()} trailing bytes after its CBOR item")
     return item
+
+
+def _envelope_head(frame: bytes) -> dict[Any, Any]:
+    """The envelope's entries before its body ``b``, read with every decoding limit."""
+    if not frame or len(frame) > DEFAULT_MAX_MESSAGE_BYTES:
+        return {}
+    first = frame[0]
+    if not 0xA0 <= first <= 0xBB:  # a definite-length map
+        return {}
+    info = first - 0xA0
+    width = {24: 1, 25: 2, 26: 4, 27: 8}.get(info, 0)
+    count = info if info < 24 else int.from_bytes(frame[1:1 + width], "big")
+    fp = io.BytesIO(frame[1 + width:])
+    decoder = cbor2.CBORDecoder(fp, max_depth=2, allow_indefinite=False,
+                                semantic_decoders=_REJECTING_DECODERS,
+                                tag_hook=_reject_unknown_tag)
+    head: dict[Any, Any] = {}
+    try:
+        for _ in range(min(count, 8)):
+            key = decoder.decode()
+            if key == "b" or not isinstance(key, str):
+                break
+            head[key] = decoder.decode()
+    except Exception:  # noqa: BLE001 - a best effort: whatever was read before is kept
+        pass
+    return head
+
+
+#: What a stored value may be made of: CBOR's plain data and the safe tags' types.
+_PLAIN = (str, bytes, int, float, bool, type(None), datetime.datetime, uuid.UUID)
+
+
+def check_value(value: Any, where: str = "the value", depth: int = 0) -> None:
+    """Refuse, naming the place, a value a node would refuse to decode.
+
+    cbor2 encodes far more than a node accepts back (see :data:`SAFE_TAGS`): a set of
+    numbers, say, where cbor2's decoder takes only sets of strings. The caller hears of it
+    now, with the place named, instead of from a node's refusal.
+    """
+    if depth > MAX_DEPTH - 8:
+        raise WireError(f"{where} is nested deeper than {MAX_DEPTH - 8} levels")
+    if isinstance(value, _PLAIN):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_value(item, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, (str, int, bytes)) or isinstance(k, bool):
+                raise WireError(f"{where} has a key {k!r}: map keys are strings or integers")
+            check_value(item, f"{where}[{k!r}]", depth + 1)
+        return
+    if isinstance(value, (set, frozenset)):
+        if all(isinstance(item, (str, bytes)) for item in value):
+            return
+        raise WireError(f"{where} is a set holding other things than strings, which the "
+                        f"store does not keep (use a list)")
+    raise WireError(f"{where} is a {type(value).__name__}, which the store does not keep: "
+                    f"values are maps, lists, strings, numbers, bytes, booleans, null, "
+                    f"date-times, UUIDs and sets of strings")
 
 
 def dumps(obj: Any) -> bytes:
@@ -320,16 +383,14 @@ class Codec:
     def origin_of(self, frame: bytes) -> tuple[int | None, str | None]:
         """Best effort: the request id and sending node of a frame that failed validation.
 
-        A node's one-way message (a sender, no id) is refused without a reply: nobody waits
-        for one, and the peer would only count it as a stale reply.
+        Only the envelope's head is read, entry by entry, up to the body (which every
+        encoder puts last): a frame refused for something in its body (a value of a type
+        the store does not keep, say) still names the request to answer, and a hostile
+        body is not decoded a second time. A node's one-way message (a sender, no id) is
+        refused without a reply: nobody waits for one.
         """
-        try:
-            envelope = safe_loads(frame, self.max_bytes)
-        except WireError:
-            return None, None
-        if not isinstance(envelope, dict):
-            return None, None
-        rid, sender = envelope.get("id"), envelope.get("from")
+        head = _envelope_head(frame)
+        rid, sender = head.get("id"), head.get("from")
         return (rid if _is_request_id(rid) else None,
                 sender if isinstance(sender, str) and 0 < len(sender) <= 256 else None)
 

@@ -511,3 +511,16 @@ def test_a_get_falls_over_to_another_node_when_the_first_does_not_answer(shared,
         c.put(key, "here")
     with Client([dead, shared.addresses[0]], timeout=0.5) as c:
         assert c.get(key).values == ["here"]
+
+
+def test_a_delete_without_a_context_reads_the_key_first_and_deletes_it(shared, key):
+    with shared.client() as c:
+        c.put(key, "doomed", w=3)
+        c.delete(key, w=3)
+        assert c.get(key, r=3).values == []
+
+
+def test_a_delete_of_an_absent_key_without_a_context_succeeds(shared, key):
+    with shared.client() as c:
+        c.delete(key)
+        assert c.get(key).values == []

@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 from dynamo_core.client import Client
+from dynamo_core.errors import InvalidRequest
 from dynamo_core.wire import MAX_DEPTH, Codec, Message
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.cluster]
@@ -97,7 +98,7 @@ def test_a_lone_break_code_is_not_a_cbor_item(dealer):
 
 
 def test_bytes_after_a_valid_envelope_are_refused(dealer):
-    assert_error(exchange(dealer, envelope(req_id=1) + b"\x00"), "1 trailing bytes")
+    assert_error(exchange(dealer, envelope(req_id=1) + b"\x00"), "1 trailing bytes", req_id=1)
 
 
 # ====================================================================== CBOR of the wrong shape
@@ -244,14 +245,14 @@ def test_deep_nesting_inside_an_otherwise_valid_put_is_refused(dealer):
     deep_value = b"\x81" * 10_000 + b"\x00"
     body = raw_map(bucket=cbor2.dumps("default"), key=cbor2.dumps("deep"), value=deep_value)
     frame = raw_map(v=cbor2.dumps(1), t=cbor2.dumps("put"), id=cbor2.dumps(17), b=body)
-    assert_error(exchange(dealer, frame), "nesting depth")
+    assert_error(exchange(dealer, frame), "nesting depth", req_id=17)
 
 
 @pytest.mark.parametrize("tag", [28, 29, 35, 4, 5, 99999])
 def test_semantic_tags_outside_the_safe_set_are_refused(dealer, tag):
     frame = envelope("put", {"bucket": "default", "key": "tagged",
                              "value": cbor2.CBORTag(tag, [1, 2])}, req_id=18)
-    assert_error(exchange(dealer, frame), f"semantic tag {tag}")
+    assert_error(exchange(dealer, frame), f"semantic tag {tag}", req_id=18)
 
 
 def test_a_huge_unknown_type_name_is_cut_short_in_the_error(dealer):
@@ -353,3 +354,45 @@ def test_after_all_of_it_the_node_still_serves_reads_and_writes(node):
     assert s["malformed_frames"] > 50
     assert s["pending_requests"] == 0
     assert node.running() == ["n1"]
+
+
+# ====================================================================== a client's mistakes
+
+
+def test_a_put_whose_value_holds_a_set_is_answered_at_once_with_its_request_id(dealer):
+    """cbor2 encodes a Python set as tag 258, which a node refuses: the refusal must still
+    reach the request it belongs to, or the client waits out its whole timeout."""
+    frame = envelope("put", {"bucket": "default", "key": "s", "value": {1, 2},
+                             "context": None}, req_id=41)
+    assert_error(exchange(dealer, frame), "set", req_id=41)
+
+
+def test_the_client_refuses_a_value_the_store_cannot_keep_before_sending_it(node):
+    with Client(node.addresses[0], timeout=3) as c:
+        started = time.monotonic()
+        with pytest.raises(InvalidRequest, match=r"value\['tags'\] is a set holding.*use a list"):
+            c.put("s", {"tags": {1, 2}})
+        assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), 10**30, -(10**30)])
+def test_a_replica_put_with_a_timestamp_out_of_range_is_refused_cleanly(dealer, ts):
+    version = {"value": 1, "clock": [], "dot": ["x", 1], "ts": ts, "tomb": ts != ts}
+    frame = envelope("replica_put", {"bucket": "default", "key": "t", "versions": [version]},
+                     req_id=7)
+    reply = exchange(dealer, frame)
+    assert reply.type == "error" and reply.id == 7, reply
+    assert reply.body["code"] in ("invalid_request", "wire_error"), reply.body
+    assert "internal" not in reply.body["message"]
+
+
+def test_a_counter_near_2_63_is_refused_and_the_key_stays_writable(node, dealer):
+    version = {"value": 1, "clock": [["x", (1 << 63) - 2, 0.0]], "dot": ["x", (1 << 63) - 1],
+               "ts": 1.0, "tomb": False}
+    frame = envelope("replica_put", {"bucket": "default", "key": "big", "versions": [version]},
+                     req_id=8)
+    reply = exchange(dealer, frame)
+    assert reply.type == "error" and "2**48" in reply.body["message"], reply.body
+    with Client(node.addresses[0], timeout=3) as c:
+        c.put("big", "fine")
+        assert c.get("big").values == ["fine"]

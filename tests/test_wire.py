@@ -538,7 +538,8 @@ def test_a_frame_over_the_size_limit_is_refused_before_decoding():
     rejects(small, b"\xff" * 1025, "1025 bytes", "1024-byte limit")
     big_but_valid = frame("put", put_body(value="x" * 2000))
     rejects(small, big_but_valid, "exceeds", "1024-byte limit")
-    assert small.request_id_of(big_but_valid) is None
+    # Only the envelope's head is read to address the refusal: the sender hears why.
+    assert small.request_id_of(big_but_valid) == 7
 
 
 def test_a_frame_exactly_at_the_size_limit_is_accepted():
@@ -689,9 +690,8 @@ def test_request_id_of_recovers_the_id_of_a_frame_that_fails_validation(codec, d
     frame(id=True),
     frame(id="7"),
     frame(id=2 ** 64),
-    frame() + b"\x00",
 ], ids=["empty", "garbage", "deep", "list", "int", "no-id", "negative-id", "bool-id",
-        "text-id", "bignum-id", "trailing-bytes"])
+        "text-id", "bignum-id"])
 def test_request_id_of_is_none_for_garbage_or_an_unusable_id(codec, data):
     assert codec.request_id_of(data) is None
 
