@@ -41,7 +41,7 @@ from .errors import (
     Timeout,
     Unavailable,
 )
-from .hookspecs import Resolver, Sibling
+from .hookspecs import DELETED, Resolver, Sibling
 from .versions import (
     Clock,
     Dot,
@@ -534,30 +534,36 @@ class Coordinator:
         context = context_of(versions)
         effects: list[Effect] = []
         siblings = [{"value": v.value, "ts": v.timestamp, "dot": list(v.dot)} for v in alive]
-        if op.plan.resolver is not None and len(alive) > 1:
+        resolver = op.plan.resolver
+        shown = versions if getattr(resolver, "sees_tombstones", False) else alive
+        if resolver is not None and len(shown) > 1 and alive:
             try:
-                value = op.plan.resolver.resolve(
-                    [Sibling(v.value, v.timestamp, v.dot) for v in alive])
+                value = resolver.resolve(
+                    [Sibling(v.value, v.timestamp, v.dot, v.tombstone) for v in shown])
             except Exception as exc:  # noqa: BLE001 - a plugin's failure is the client's answer
                 return [Fail(op.client, ResolverFailed(
                     f"the resolver of bucket {op.plan.bucket!r} failed on the "
-                    f"{len(alive)} siblings of {op.plan.key!r}: {exc}; read with "
+                    f"{len(shown)} siblings of {op.plan.key!r}: {exc}; read with "
                     f"resolve=False to see them"))]
+            deleted = value is DELETED
             # The merge is no newer than what it merged: stamped with the latest sibling's
             # time, not the read's, so a later write it never saw still wins by timestamp.
-            stamp = max(v.timestamp for v in alive)
-            merged = self._merged_version(op, value, context, stamp)
-            siblings = [{"value": value, "ts": stamp, "dot": list(alive[-1].dot)}]
+            stamp = max(v.timestamp for v in shown)
+            merged = self._merged_version(op, None if deleted else value, context, stamp,
+                                          deleted)
+            siblings = [] if deleted else [
+                {"value": value, "ts": stamp, "dot": list(alive[-1].dot)}]
             if merged is not None:
                 context = merged.history()
-                siblings[0]["dot"] = list(merged.dot)
+                for sibling in siblings:
+                    sibling["dot"] = list(merged.dot)
                 effects.extend(self._write_back(op, merged))
         effects.insert(0, Reply(op.client, "get_ok",
                                 {"siblings": siblings, "context": encode_context(context)}))
         return effects
 
     def _merged_version(self, op: _GetOp, value: Any, context: Clock,
-                        stamp: float) -> Version | None:
+                        stamp: float, tombstone: bool = False) -> Version | None:
         """The resolved merge as a new version, when this node may issue one.
 
         Only a home node gives the merge a dot, issued now, when the merge is made: a put
@@ -572,7 +578,7 @@ class Coordinator:
         except Exception:  # noqa: BLE001 - storage trouble: answer without writing back
             return None
         return Version(value, context.truncated(self.max_clock_entries, keep=self.actor),
-                       dot, stamp)
+                       dot, stamp, tombstone)
 
     def _write_back(self, op: _GetOp, merged: Version) -> list[Effect]:
         """The merge goes where a put would: the targets, stand-ins with their hints."""

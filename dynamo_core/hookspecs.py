@@ -51,7 +51,7 @@ __all__ = [
     "MAX_PARTITIONS", "RING_BITS", "RING_SIZE", "partition_ends", "MemberInfo",
     "PartitionStrategy",
     # storage, resolvers, failure detection
-    "StorageEngine", "StorageFactory", "Sibling", "Resolver", "PEER_STATES",
+    "StorageEngine", "StorageFactory", "Sibling", "Resolver", "DELETED", "PEER_STATES",
     "FailureDetector", "FailureDetectorFactory",
     # protocol extensions, lifecycle, observation
     "NodeAPI", "PeerView", "Request", "Handler", "MessageType", "PeriodicTask", "ProtocolExtension",
@@ -112,6 +112,19 @@ class Sibling:
     #: A stable identity of the version (its dot: writer actor and counter). Resolvers use
     #: it to break ties deterministically.
     dot: tuple[str, int]
+    #: A delete (``value`` is None). Only resolvers with ``sees_tombstones`` are shown these.
+    tombstone: bool = False
+
+
+class _Deleted:
+    """The type of :data:`DELETED`."""
+
+    def __repr__(self) -> str:
+        return "DELETED"
+
+
+#: What a resolver with ``sees_tombstones = True`` returns when the merge is a delete.
+DELETED: Any = _Deleted()
 
 
 @runtime_checkable
@@ -120,6 +133,11 @@ class Resolver(Protocol):
 
     Must be deterministic and commutative in the order of ``siblings``; it runs on the
     server on read, and the same object can run client-side in an application.
+
+    A resolver sees live siblings only, unless it sets ``sees_tombstones = True``: then a
+    delete concurrent with updates is among the siblings (``tombstone=True``), and the
+    resolver may return :data:`DELETED` to make the merge a delete (``last-write-wins``
+    does, so a logout written after a concurrent update wins).
     """
 
     def resolve(self, siblings: Sequence[Sibling]) -> Any: ...

@@ -11,15 +11,21 @@ from typing import Any, Mapping, Sequence
 
 from dynamo_resolvers._common import latest
 
-from dynamo_core.hookspecs import Resolver, Sibling, hookimpl
+from dynamo_core.hookspecs import DELETED, Resolver, Sibling, hookimpl
 
 
 class LastWriteWins:
-    """Keeps the value of the latest sibling in the shared version order."""
+    """Keeps the value of the latest sibling in the shared version order.
+
+    Deletes count as writes: a delete later than a concurrent update wins over it.
+    """
+
+    sees_tombstones = True
 
     def resolve(self, siblings: Sequence[Sibling]) -> Any:
-        """The latest sibling's value, unchanged."""
-        return latest(siblings).value
+        """The latest sibling's value, unchanged, or DELETED if the latest was a delete."""
+        winner = latest(siblings)
+        return DELETED if winner.tombstone else winner.value
 
 
 @hookimpl

@@ -1679,3 +1679,42 @@ def test_read_repair_compares_content_not_only_dots(net):
     net.get("n1", "k", r=3)
     kept = net.held_values("n1", "k")
     assert all(net.held_values(n, "k") == kept for n in HOMES)
+
+
+# ====================================================================== resolvers and deletes
+
+
+def _concurrent_update_and_delete(net: Net, update_at: float, delete_at: float) -> None:
+    net.now = 0.0
+    base = net.put("n1", "session", "logged in")
+    net.now = update_at
+    net.put("n1", "session", "cart viewed", base)
+    net.now = delete_at
+    net.delete("n2", "session", base)  # concurrent with the update: siblings
+    net.now = max(update_at, delete_at) + 1.0
+
+
+def test_under_last_write_wins_a_delete_later_than_a_concurrent_update_wins(net):
+    from dynamo_resolvers.last_write_wins import LastWriteWins
+
+    _concurrent_update_and_delete(net, update_at=1.0, delete_at=2.0)
+    values, ctx = net.get("n1", "session", r=3, resolver=LastWriteWins())
+    assert values == []
+    for n in HOMES:  # the merge, a tombstone, was written back
+        assert [v.tombstone for v in net.stores[n].read(BUCKET, "session")] == [True]
+    assert net.get("n3", "session", r=3)[0] == []
+
+
+def test_under_last_write_wins_an_update_later_than_a_concurrent_delete_wins(net):
+    from dynamo_resolvers.last_write_wins import LastWriteWins
+
+    _concurrent_update_and_delete(net, update_at=2.0, delete_at=1.0)
+    values, _ = net.get("n1", "session", r=3, resolver=LastWriteWins())
+    assert values == ["cart viewed"]
+
+
+def test_a_resolver_that_does_not_opt_in_never_sees_tombstones(net):
+    _concurrent_update_and_delete(net, update_at=1.0, delete_at=2.0)
+    resolver = SortedUnion()
+    values, _ = net.get("n1", "session", r=3, resolver=resolver)
+    assert values == ["cart viewed"] and resolver.calls == []  # one live sibling: no merge
