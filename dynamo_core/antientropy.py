@@ -332,14 +332,26 @@ class AntiEntropy:
 
     async def _send_keys(self, peer: str, kids: Sequence[str],
                          handing_off: bool = False) -> None:
+        """Push the keys to ``peer``'s own replicas, many keys to a message."""
+        items = []
         for kid in kids:
             bucket, key = split_storage_key(kid)
             versions = self.node.store.read(bucket, key)
-            if versions and await self._push(peer, bucket, key, versions):
-                if handing_off:
-                    self.keys_handed_off += 1
-                else:
-                    self.keys_sent += 1
+            if versions:
+                items.append((bucket, key, versions))
+        if not items:
+            return
+        self.keys_shipped += len(items)
+        results = await self.node.put_many(peer, items)
+        changed = sum(1 for r in results if r is True)
+        if handing_off:
+            self.keys_handed_off += changed
+        else:
+            self.keys_sent += changed
+        refused = [r for r in results if isinstance(r, str)]
+        if refused:
+            raise DynamoError(f"{peer} refused {len(refused)} of {len(items)} keys: "
+                              f"{refused[0]}")
 
     async def _fetch_keys(self, peer: str, kids: Sequence[str]) -> None:
         for kid in kids:
@@ -351,13 +363,6 @@ class AntiEntropy:
                 self.keys_shipped += 1
                 if self.node.store.apply(bucket, key, versions):
                     self.keys_fetched += 1
-
-    async def _push(self, peer: str, bucket: str, key: str, versions: list[Version]) -> bool:
-        """Send versions to a peer's own store; True if that changed what it holds."""
-        self.keys_shipped += 1
-        reply = await self._call(peer, "replica_put", {
-            "bucket": bucket, "key": key, "versions": [v.to_wire() for v in versions]})
-        return bool(reply.get("changed", True))
 
     async def _each(self, job: Callable[[T], Awaitable[R]], items: Sequence[T]) -> list[R]:
         """``job`` for every item, as many at once as the background budget runs.

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
 
 import cbor2
 
@@ -38,7 +38,7 @@ from .ring import key_hash
 from .store import IDENTITY_KEY, LocalStore, key_bytes_limit
 from .transport import SendFailed, ZmqTransport
 from .versions import Version
-from .wire import Codec, Message
+from .wire import MAX_BATCH_ITEMS, Codec, Message
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class Node:
         self._handlers: dict[str, Callable[[Message, Client], None]] = {
             "get": self._handle_get, "put": self._handle_put, "delete": self._handle_put,
             "replica_get": self._handle_replica_get, "replica_put": self._handle_replica_put,
+            "replica_put_many": self._handle_replica_put_many,
             "gossip": self._handle_gossip, "status": self._handle_status,
             "inspect": self._handle_inspect, "preflist": self._handle_preflist,
             "ping": self._handle_ping, "ae_roots": self._handle_anti_entropy,
@@ -403,18 +404,23 @@ class Node:
         """
         ok = False
         try:
-            for hint in self.hints.batch(target, self.config.handoff_batch):
-                while not self.budget.try_start(time.time()):
-                    await asyncio.sleep(0.01)
-                try:
-                    await self.call(target, "replica_put", {
-                        "bucket": hint.bucket, "key": hint.key,
-                        "versions": [v.to_wire() for v in hint.versions]})
-                finally:
-                    self.budget.done()
-                if self.hints.delivered(hint):
-                    self.hints_delivered += 1
-            ok = True
+            # Batch after batch while the target takes them: the backlog drains at the
+            # speed of round trips, not one batch per handoff interval.
+            while batch := self.hints.batch(target, self.config.handoff_batch):
+                results = await self.put_many(
+                    target, [(h.bucket, h.key, h.versions) for h in batch])
+                refused = [(h, r) for h, r in zip(batch, results) if isinstance(r, str)]
+                for hint, result in zip(batch, results):
+                    if not isinstance(result, str) and self.hints.delivered(hint):
+                        self.hints_delivered += 1
+                if refused:
+                    hint, why = refused[0]
+                    log.warning("%s: %s refused %d hinted keys (first %s/%s: %s); kept "
+                                "until they expire", self.name, target, len(refused),
+                                hint.bucket, hint.key, why)
+                    break
+            else:
+                ok = True
         except DynamoError as exc:
             log.debug("%s: handoff to %s paused: %s", self.name, target, exc)
         except Exception:  # noqa: BLE001 - logged, retried after the target's backoff
@@ -612,6 +618,61 @@ class Node:
 
     def _handle_replica_get(self, msg: Message, client: Client) -> None:
         self.reply(client, *self._serve_replica(msg.type, msg.body))
+
+    def _handle_replica_put_many(self, msg: Message, client: Client) -> None:
+        """Fold many keys into this node's own replicas: one result per item, in order.
+
+        An item that is refused (a bad version, a key at its limits) fails alone; the
+        others are stored. Items carry no hints: a batch goes to a key's own replicas.
+        """
+        results: list[bool | str] = []
+        for item in msg.body["items"]:
+            try:
+                self.codec.check_body("replica_put", item)
+                if "hint" in item:
+                    raise InvalidRequest("replica_put_many: items carry no hints")
+                results.append(self._serve_replica("replica_put", item)[1]["changed"])
+            except DynamoError as exc:
+                results.append(str(exc)[:500])
+        self.reply(client, "replica_put_many_ok", {"results": results})
+
+    async def put_many(self, peer: str, items: Sequence[tuple[str, str, Sequence[Version]]]
+                       ) -> list[bool | str]:
+        """Store many keys' versions in ``peer``'s own replicas, in batches that fit a frame.
+
+        One background request per batch, not per key: what bounds catching up after an
+        outage is the backlog's size in frames, not the request-rate cap that protects
+        foreground latency. Returns each item's result (changed, or why it was refused).
+        """
+        results: list[bool | str] = []
+        for batch in self._batches(items):
+            while not self.budget.try_start(time.time()):
+                await asyncio.sleep(0.01)
+            try:
+                reply = await self.call(peer, "replica_put_many", {"items": batch})
+            finally:
+                self.budget.done()
+            if len(reply["results"]) != len(batch):
+                raise DynamoError(f"{peer} answered {len(reply['results'])} results for "
+                                  f"{len(batch)} keys")
+            results.extend(reply["results"])
+        return results
+
+    def _batches(self, items: Sequence[tuple[str, str, Sequence[Version]]]
+                 ) -> Iterator[list[dict[str, Any]]]:
+        limit = key_bytes_limit(self.config.max_message_bytes) // 2
+        batch: list[dict[str, Any]] = []
+        size = 0
+        for bucket, key, versions in items:
+            body = {"bucket": bucket, "key": key, "versions": [v.to_wire() for v in versions]}
+            weight = len(cbor2.dumps(body))  # exact: a frame over the limit never leaves
+            if batch and (len(batch) >= MAX_BATCH_ITEMS or size + weight > limit):
+                yield batch
+                batch, size = [], 0
+            batch.append(body)
+            size += weight
+        if batch:
+            yield batch
 
     def _handle_replica_put(self, msg: Message, client: Client) -> None:
         reply = self._serve_replica(msg.type, msg.body)

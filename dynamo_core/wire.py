@@ -28,6 +28,8 @@ PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_KEY_CHARS = 4096
+#: Keys carried by one replica_put_many.
+MAX_BATCH_ITEMS = 1024
 MAX_BUCKET_CHARS = 128
 
 #: Semantic tags a value may carry: date/times, bignums, UUIDs and sets. Everything else is
@@ -287,6 +289,9 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     "replica_put": {"bucket": BUCKET, "key": KEY, "versions": VERSIONS,
                     # set on a stand-in's copy: the home node it holds the write for
                     "hint": Field(text(256, lambda n: len(n) > 0, "node name"), required=False)},
+    # many keys in one message (hint delivery, anti-entropy, range transfer): each item is
+    # a replica_put body without a hint, answered by one result each
+    "replica_put_many": {"items": Field(list_of(MAP, MAX_BATCH_ITEMS))},
     "gossip": {"members": MEMBERS},
     # anti-entropy: compare Merkle trees of ranges both replicate, then their leaves
     "ae_roots": {"n": FACTOR, "depth": DEPTH, "ranges": Field(list_of(RANGE, 4096))},
@@ -308,6 +313,9 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     "replica_get_ok": {"versions": VERSIONS,
                        "issued": Field(integer(0, (1 << 63) - 1), required=False)},
     "replica_put_ok": {"changed": Field(of_type(bool, what="a boolean"), required=False)},
+    # per item: true/false (changed or not), or the text of the error that refused it
+    "replica_put_many_ok": {"results": Field(list_of(of_type(bool, str, what="a result"),
+                                                     MAX_BATCH_ITEMS))},
     "ae_roots_ok": {"roots": Field(list_of(None, 4096))},
     "ae_hashes_ok": {"hashes": Field(list_of(of_type(bytes, what="bytes"), 1 << 16))},
     "ae_keys_ok": {"keys": Field(MAP)},
