@@ -99,7 +99,7 @@ class AntiEntropy:
         self._peer_names: list[str] = []
         #: range -> key ids (in arrival order) held here in ranges this node does not replicate
         self._unowned: dict[Slot, dict[str, None]] = {}
-        #: key id -> newest timestamp, for keys replicated here held only as tombstones
+        #: key id -> when (this node's clock) it came to hold only these tombstones
         self._tombstones: dict[str, float] = {}
         #: (when to look at it, key id): the reaping schedule of :attr:`_tombstones`
         self._reap_queue: list[tuple[float, str]] = []
@@ -223,10 +223,12 @@ class AntiEntropy:
             if not group:
                 del self._unowned[slot]
         if owned and all(v.tombstone for v in versions):
-            newest = max(v.timestamp for v in versions)
-            if self._tombstones.get(kid) != newest:
-                self._tombstones[kid] = newest
-                self._schedule_reap(newest + self.node.config.tombstone_grace, kid)
+            # The grace runs from when this node came to hold these tombstones, on its own
+            # clock: no comparison of times from the clocks of the deleting coordinator,
+            # the stand-ins and this node. A restart starts it again (the safe side).
+            since = self.node.now()
+            self._tombstones[kid] = since
+            self._schedule_reap(since + self.node.config.tombstone_grace, kid)
         else:
             self._tombstones.pop(kid, None)
 

@@ -172,7 +172,7 @@ def cmd_preflist(args: argparse.Namespace) -> str:
 
 def cmd_join(args: argparse.Namespace) -> str:
     with _client(args) as c:
-        c.join(args.node, args.seed)
+        c.join(args.node, args.seed, keep_data=args.keep_data)
     return _dump({"joined": args.node, "seed": args.seed}) if args.json else \
         f"{args.node} is joining the cluster of {args.seed}"
 
@@ -229,7 +229,8 @@ def cmd_node(args: argparse.Namespace) -> str:
     _setup_logging(args.log_level)
     cfg = config_mod.load(args.config)
     data_dir = args.data_dir or os.path.join(DEFAULT_DATA_DIR, args.name)
-    node = Node(args.name, args.listen, config=cfg, data_dir=data_dir, seeds=tuple(args.seed))
+    node = Node(args.name, args.listen, config=cfg, data_dir=data_dir, seeds=tuple(args.seed),
+                keep_stale_data=args.keep_data)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -310,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       f"(default {DEFAULT_DATA_DIR}/NAME)")
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--keep-data", action="store_true",
+                   help="keep replicas held from before an absence longer than the tombstone "
+                        "grace (by default they are dropped: they could resurrect deletes)")
 
     p = command("cluster", cmd_cluster, "run a local cluster of node processes on loopback",
                 client=False, json_out=False)
@@ -346,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     keyed(p)
     p = command("join", cmd_join, "make the node at --node join the cluster of --seed")
     p.add_argument("--seed", type=_address, required=True)
+    p.add_argument("--keep-data", action="store_true",
+                   help="a node that was removed keeps the replicas it held (by default it "
+                        "rejoins empty: they could resurrect deletes)")
     command("leave", cmd_leave, "the node at --node hands its ranges off, then exits")
     p = command("remove", cmd_remove, "remove a dead node; its data is rebuilt elsewhere")
     p.add_argument("name", metavar="NAME")

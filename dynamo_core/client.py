@@ -243,9 +243,16 @@ class Client:
         """Send a protocol extension's message (``"<extension>.<verb>"``); its reply body."""
         return self._call(msg_type, self._req.extension_body(msg_type, body), node)
 
-    def join(self, node: str, seed: str) -> None:
-        """Ask the node at ``node`` to join the cluster that ``seed`` belongs to."""
-        self._call("join", {"seed": seed}, node)
+    def join(self, node: str, seed: str, keep_data: bool = False) -> None:
+        """Ask the node at ``node`` to join the cluster that ``seed`` belongs to.
+
+        A node that was removed rejoins empty unless ``keep_data``: what it held from
+        before could bring back keys deleted (and reaped) while it was out.
+        """
+        body: dict[str, Any] = {"seed": seed}
+        if keep_data:
+            body["keep_data"] = True
+        self._call("join", body, node)
 
     def leave(self, node: str) -> None:
         """Ask the node at ``node`` to hand its ranges off and leave the cluster."""

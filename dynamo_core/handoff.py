@@ -240,6 +240,10 @@ class HintStore:
             self._remove(target, bucket, key)
         return len(old)
 
+    def forget_all(self) -> int:
+        """Drop every hint: they are stale (held from before this node was removed)."""
+        return self.expire(float("inf"))
+
     def _remove(self, target: str, bucket: str, key: str) -> None:
         self.engine.delete(hint_key(target, bucket, key))
         self._unindex(target, bucket, key)

@@ -47,6 +47,8 @@ T = TypeVar("T")
 TICK_SECONDS = 0.02
 #: Time given to a new peer connection before the first message is sent on it.
 CONNECT_SECONDS = 0.05
+#: How often the storage records that this node is alive (see Node._mark_storage).
+ALIVE_SECONDS = 10.0
 #: Bounds of the wait before a failed background loop is started again.
 LOOP_BACKOFF_MIN = 0.1
 LOOP_BACKOFF_MAX = 10.0
@@ -80,8 +82,13 @@ class Node:
     """One Dynamo node: storage, membership, coordination, all behind one ROUTER socket."""
 
     def __init__(self, name: str, listen: str, *, config: Config, data_dir: str | None = None,
-                 seeds: tuple[str, ...] = (), rng: random.Random | None = None) -> None:
+                 seeds: tuple[str, ...] = (), rng: random.Random | None = None,
+                 keep_stale_data: bool = False) -> None:
         self.name = name
+        #: keep replicas held from before an absence past the tombstone grace (operator's call)
+        self.keep_stale_data = keep_stale_data
+        #: when the storage last recorded this node alive (None: never), see _mark_storage
+        self._last_alive: float | None = None
         self.listen = listen
         self.config = config
         self.data_dir = data_dir
@@ -194,8 +201,10 @@ class Node:
         path = Path(self.data_dir, "node.cbor") if self.data_dir else None
         saved = cbor2.loads(path.read_bytes()) if path is not None and path.exists() else None
         stored_bytes = engine.get(IDENTITY_KEY)
-        epoch = choose_actor(self.name, saved,
-                             cbor2.loads(stored_bytes) if stored_bytes is not None else None,
+        stored = cbor2.loads(stored_bytes) if stored_bytes is not None else None
+        if stored is not None and isinstance(stored.get("alive"), (int, float)):
+            self._last_alive = float(stored["alive"])
+        epoch = choose_actor(self.name, saved, stored,
                              durable=bool(getattr(engine, "durable", False)),
                              power_safe=bool(getattr(engine, "power_safe", False)),
                              rng=self.rng)
@@ -230,13 +239,26 @@ class Node:
         os.replace(tmp, path)
 
     def _mark_storage(self, clean: bool) -> None:
-        """Record in storage which actor and boot it belongs to, and whether we stopped.
+        """Record in storage which actor and boot it belongs to, whether we stopped, and
+        when this node was last alive (this node's own clock).
 
         Written before ``node.cbor`` at start (a crash between the two only starts one
-        more epoch next time) and, with ``clean``, as the very last write at stop.
+        more epoch next time), every ALIVE_SECONDS while running, and, with ``clean``, as
+        the very last write at stop.
         """
         self.store.engine.put(IDENTITY_KEY, cbor2.dumps(
-            {"actor": self.actor, "boot": self.boot, "clean": clean}))
+            {"actor": self.actor, "boot": self.boot, "clean": clean, "alive": time.time()}))
+
+    def _drop_stale_data(self, why: str) -> None:
+        """Forget replicas and hints that may predate deletes the cluster has reaped since.
+
+        Pushing them back by anti-entropy or range transfer would resurrect deleted keys;
+        dropped, the node's ranges are refilled from the current replicas instead.
+        """
+        keys, hints = self.store.forget_all(), self.hints.forget_all()
+        log.warning("%s: dropped %d keys and %d hints held from before: %s (their current "
+                    "versions come back from the other replicas; `--keep-data` keeps them)",
+                    self.name, keys, hints, why)
 
     def now(self) -> float:
         return time.time()
@@ -268,6 +290,11 @@ class Node:
         return msg.body
 
     async def start(self) -> None:
+        away = None if self._last_alive is None else time.time() - self._last_alive
+        if away is not None and away > self.config.tombstone_grace and \
+                not self.keep_stale_data:
+            self._drop_stale_data(f"it was away {away:.0f}s, longer than the tombstone "
+                                  f"grace of {self.config.tombstone_grace:g}s")
         self._mark_storage(clean=False)
         self._save_identity()
         self.anti_entropy.refresh()
@@ -345,8 +372,12 @@ class Node:
             self.transport.connect(address)
         await asyncio.sleep(CONNECT_SECONDS)
         interval = self.config.gossip_interval
+        marked = time.monotonic()
         while True:
             self._gossip_once()
+            if time.monotonic() - marked >= ALIVE_SECONDS:
+                marked = time.monotonic()
+                self._mark_storage(clean=False)
             # Jitter keeps nodes from gossiping in lock step.
             await asyncio.sleep(interval * self.rng.uniform(0.8, 1.2))
 
@@ -721,6 +752,8 @@ class Node:
         """Join the cluster a seed belongs to: gossip with it now, and from then on."""
         seed = msg.body["seed"]
         self.membership.seeds = tuple(dict.fromkeys([*self.membership.seeds, seed]))
+        if self.membership.me.status == "removed" and not msg.body.get("keep_data"):
+            self._drop_stale_data("it was removed from the cluster and is joining again")
         if self.membership.me.status != "up":
             self.membership.update_me(status="up")
             self._save_identity()

@@ -172,6 +172,27 @@ class LocalStore:
             self.listener(bucket, key, held, [])
         return True
 
+    def forget_all(self) -> int:
+        """Drop every version held (a full scan), keeping each key's issued counter.
+
+        For data that may be stale past the tombstone grace: it is refilled from current
+        replicas by anti-entropy rather than pushed back to them. Returns the keys dropped.
+        """
+        dropped = 0
+        for bucket, key in list(self.keys()):
+            held, issued = self.state(bucket, key)
+            if not held:
+                continue
+            if issued:
+                self._put(storage_key(bucket, key),
+                          cbor2.dumps({"versions": [], "issued": issued}))
+            else:
+                self.engine.delete(storage_key(bucket, key))
+            dropped += 1
+            if self.listener is not None:
+                self.listener(bucket, key, held, [])
+        return dropped
+
     def items(self) -> Iterator[tuple[str, str, list[Version]]]:
         """Every key with its versions (a full scan: start-up and ring changes only)."""
         for bucket, key in self.keys():

@@ -303,7 +303,8 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     # tombstone reaping: delete the key if it holds exactly these versions
     "reap": {"bucket": BUCKET, "key": KEY, "versions": VERSIONS},
     # membership changes asked by an operator
-    "join": {"seed": Field(text(512, lambda a: a.startswith("tcp://"), "tcp:// address"))},
+    "join": {"seed": Field(text(512, lambda a: a.startswith("tcp://"), "tcp:// address")),
+             "keep_data": Field(of_type(bool, what="a boolean"), required=False)},
     "leave": {},
     "remove": {"name": Field(text(256, lambda n: len(n) > 0, "node name"))},
     # replies
