@@ -118,6 +118,10 @@ class AntiEntropy:
         self.keys_shipped = 0
         self.tombstones_reaped = 0
         self.exchanges = 0
+        #: ranges this node replicates but may not hold yet (it joined, started empty or
+        #: was given them by a ring change): until one exchange with another replica of the
+        #: range, its "not found" for a key there is weak evidence (it says so in replies)
+        self.filling: set[Slot] = set()
         node.store.listener = self._on_store_change
 
     # ================================================================== trees
@@ -154,10 +158,16 @@ class AntiEntropy:
                                    for reps in by_range.values() if me in reps
                                    for p in reps if p != me})
         self._unowned, self._tombstones, self._reap_queue = {}, {}, []
+        mine = {(n, t.start, t.end) for n, trees in self.trees.items() for t in trees.trees()}
         if first:
+            self.filling = set(mine) if self.node.starts_empty else set()
             for bucket, key, versions in self.node.store.items():
                 self._place(bucket, key, versions)
             return
+        adopted = {(n, t.start, t.end) for n, trees in self.trees.items()
+                   for t in trees.trees() if n in old_trees
+                   and old_trees[n].tree_of_range(t.start, t.end) is t}
+        self.filling = (self.filling & mine) | (mine - adopted)
         grace = self.node.config.tombstone_grace
         for n, trees in old_trees.items():
             for tree in trees.trees():
@@ -286,6 +296,13 @@ class AntiEntropy:
         return [p for p in self._peer_names if not self.node.liveness.is_down(p, now)]
 
     async def exchange_with_next_peer(self) -> None:
+        # A range no other node replicates has nobody to be compared with (N=1, or a
+        # one-node ring): what it gets comes by range transfer, and it counts as filled.
+        me = self.node.name
+        self.filling = {slot for slot in self.filling
+                        if any(p != me for p in self.replicas.get(slot[0], {})
+                               .get((slot[1], slot[2]), ()))}
+        self.node.ranges_filled()
         peers = self._peers()
         if not peers:
             return
@@ -293,6 +310,7 @@ class AntiEntropy:
         peer = peers[self._peer_turn]
         for n in self.trees:
             await self.exchange(peer, n)
+        self.node.ranges_filled()
 
     async def exchange(self, peer: str, n: int) -> None:
         """Compare every range shared with ``peer`` at factor ``n``; repair what differs."""
@@ -310,6 +328,8 @@ class AntiEntropy:
                 tree = trees.tree_of_range(start, end)
                 if root is not None and tree is not None and tree.root() != root:
                     await self._repair_range(peer, n, tree)
+                if root is not None:  # compared with a replica that has it: filled
+                    self.filling.discard((n, start, end))
 
     async def _repair_range(self, peer: str, n: int, tree: MerkleTree,
                             handing_off: bool = False) -> None:
@@ -574,6 +594,14 @@ class AntiEntropy:
             self.tombstones_reaped += 1
         return True
 
+    def is_filling(self, bucket: str, key: str) -> bool:
+        """Whether this node's "not found" for the key is weak: its range is one this node
+        may not have received yet, or one it does not replicate in its view of the ring
+        (a stand-in, or a node that has not heard of the change that gave it the range)."""
+        self.refresh()
+        return not self._owned(bucket, key) or (
+            bool(self.filling) and self._slot(bucket, key) in self.filling)
+
     def keys_held(self) -> int:
         """Keys this node holds versions of: those it replicates plus those it hands off."""
         self.refresh()
@@ -590,4 +618,5 @@ class AntiEntropy:
                                        for t in trees.trees()),
                 "unowned": sum(len(group) for group in self._unowned.values()),
                 "tombstones": len(self._tombstones),
+                "ranges_filling": len(self.filling),
                 "ranges": {f"n={n}": len(t.ranges()) for n, t in self.trees.items()}}

@@ -193,6 +193,10 @@ class _Operation:
     def outstanding(self) -> int:
         return len(self.asked) - len(self.answered) - len(self.failed)
 
+    def counted(self) -> int:
+        """Answers that count toward the quorum."""
+        return len(self.answered)
+
     def silent(self) -> list[str]:
         """Nodes sent a request that neither answered nor failed yet."""
         return [p for p in self.asked
@@ -204,9 +208,9 @@ class _Operation:
         Once the quorum is out of reach, the nodes still asked get to answer (or the
         deadline passes), so the error says truly how many did.
         """
-        if len(self.answered) >= self.needed:
+        if self.counted() >= self.needed:
             return True
-        hopeless = len(self.answered) + self.outstanding + len(self.spares) < self.needed
+        hopeless = self.counted() + self.outstanding + len(self.spares) < self.needed
         return hopeless and self.outstanding == 0
 
 
@@ -215,26 +219,19 @@ class _GetOp(_Operation):
     op_name = "get"
     #: a resolved merge went to every replica, so read repair has nothing left to do
     written_back: bool = False
-    #: when the get started: "not found" answers alone settle it only after a while
-    started: float = 0.0
-    patience_over: bool = False
 
-    def settled(self) -> bool:
-        """A get whose quorum answered only "not found" waits for the other nodes asked.
+    #: replicas that answered "not found" for a range they are still receiving (a node
+    #: that joined, or took a range over): weak evidence, used only as a last resort
+    weak: set[str] = field(default_factory=set)
 
-        A node that just joined, or a stand-in, can hold nothing for a key the cluster
-        holds; its empty answer is weaker evidence than a version (Riak's notfound_ok =
-        false). It settles on R empty answers once every node asked answered, or once the
-        hedge time passed.
+    def counted(self) -> int:
+        """Answers that settle a get early: all but the weak "not found"s.
+
+        Once no spare is left to ask, the weak answers count too (``_answer`` counts every
+        answer), so a fresh cluster whose nodes are all still filling can answer at all.
         """
-        if len(self.answered) >= self.needed and not any(self.answered.values()):
-            # Still worth hearing: anyone before the hedge time; after it, the spares
-            # brought in then (they are the next nodes that may hold the key).
-            waiting = [p for p in self.silent() if not self.patience_over
-                       or (self.replaced and p not in self.replaced)]
-            if waiting:
-                return False
-        return super().settled()
+        return sum(1 for peer, versions in self.answered.items()
+                   if versions or peer not in self.weak)
 
 
 @dataclass
@@ -283,7 +280,6 @@ class Coordinator:
             return [Fail(client, err)]
         op = self._new(_GetOp, client, plan, now, list(plan.targets), plan.quorum,
                        "replica_get", {"bucket": plan.bucket, "key": plan.key})
-        op.started = now
         return self._fan_out(op, now)
 
     def start_put(self, client: Any, plan: KeyPlan, value: Any, context: bytes | None,
@@ -423,6 +419,10 @@ class Coordinator:
                 op.failed[peer] = f"bad reply: {exc}"
                 if isinstance(op, _ForwardOp):
                     op.relayed = None  # the last home's failure is what the client hears
+            else:
+                if isinstance(op, _GetOp) and body.get("filling") and not op.answered[peer]:
+                    op.weak.add(peer)  # ask the next node too: it may still hold the key
+                    effects.extend(self._replace(op_id, op, peer, now))
         if isinstance(op, _PutOp) and peer == self.name and not op.replicated:
             return effects + self._after_local_write(op_id, op, body, now)
         if peer in op.failed:
@@ -468,9 +468,6 @@ class Coordinator:
                     effects.extend(self._answer(op, now, timed_out=True))
                 effects.extend(self._finish(op_id, op))
                 continue
-            if isinstance(op, _GetOp) and not op.done and now - op.started >= op.hedge_after:
-                op.patience_over = True
-                effects.extend(self._progress(op_id, op, now))
             if op.done or not op.spares:
                 continue  # with nothing to replace them by, silent nodes get their deadline
             slow = [p for p in op.silent() if now - op.sent_at[p] >= op.hedge_after]

@@ -25,9 +25,10 @@ from .ring import Ring
 #: Statuses a member record can have. A removed member stays as a record (a tombstone) so
 #: that stale gossip cannot resurrect it.
 STATUSES = ("joining", "up", "leaving", "removed")
-#: Only members that are up hold ring positions: a leaving member's ranges move at once
-#: to their next owners (it pushes its data there), a removed one's are rebuilt by them.
-RING_STATUSES = frozenset({"up"})
+#: Members that are up or joining hold ring positions (a joining one takes writes at once
+#: and reads once its ranges are filled); a leaving member's ranges move at once to their
+#: next owners (it pushes its data there), a removed one's are rebuilt by them.
+RING_STATUSES = frozenset({"up", "joining"})
 
 _TOKEN_BYTES = 16
 MAX_TOKENS_PER_MEMBER = 65_536

@@ -15,9 +15,10 @@ import os
 import random
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import cbor2
 
@@ -87,6 +88,9 @@ class Node:
         self.name = name
         #: keep replicas held from before an absence past the tombstone grace (operator's call)
         self.keep_stale_data = keep_stale_data
+        #: no data of its own yet while the cluster may hold some for its ranges: a new node
+        #: with seeds, or one that dropped stale data (anti-entropy marks its ranges filling)
+        self.starts_empty = bool(seeds)
         #: when the storage last recorded this node alive (None: never), see _mark_storage
         self._last_alive: float | None = None
         self.listen = listen
@@ -211,18 +215,21 @@ class Node:
         if epoch.new and saved is not None:
             log.warning("%s starts a new actor epoch %s: %s", self.name, epoch.actor,
                         epoch.reason)
+        self.starts_empty = self.starts_empty and saved is None
         if saved is None:
             tokens = self.strategy.initial_tokens(self.name, self.config.capacity,
                                                   self.config.partitioning, self.rng)
+            # A new node with seeds joins a cluster that may hold data for its ranges.
+            status = "joining" if self.starts_empty else "up"
             return epoch, Member(self.name, self.listen, self.config.capacity,
-                                 tuple(sorted(tokens)))
+                                 tuple(sorted(tokens)), status)
         if saved.get("name") != self.name:
             raise errors.ConfigError(
                 f"data directory {self.data_dir} belongs to node {saved.get('name')!r}, "
                 f"not {self.name!r}")
         member = Member.from_wire(saved["member"])
         # A node that left (or was removed) stays out until it is told to join again.
-        status = "removed" if member.status in ("removed", "leaving") else "up"
+        status = "removed" if member.status in ("removed", "leaving") else member.status
         if status == "removed":
             log.warning("%s left the cluster earlier; it stays out of the ring until "
                         "`dynamo join` brings it back", self.name)
@@ -280,7 +287,7 @@ class Node:
                 msg = await future
         except SendFailed as exc:
             raise errors.Unavailable(str(exc)) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.liveness.request_failed(peer, time.time())
             raise errors.Timeout(f"{msg_type} to {peer} got no answer") from None
         finally:
@@ -295,6 +302,9 @@ class Node:
                 not self.keep_stale_data:
             self._drop_stale_data(f"it was away {away:.0f}s, longer than the tombstone "
                                   f"grace of {self.config.tombstone_grace:g}s")
+            self.starts_empty = True
+            if self.membership.me.status == "up":
+                self.membership.update_me(status="joining")
         self._mark_storage(clean=False)
         self._save_identity()
         self.anti_entropy.refresh()
@@ -319,7 +329,7 @@ class Node:
         await self.transport.close()
         try:
             self._mark_storage(clean=True)
-        except Exception:  # noqa: BLE001 - the next start then begins a new epoch: safe
+        except Exception:  # the next start then begins a new epoch: safe
             log.exception("%s: could not record a clean stop in storage", self.name)
         self.store.close()
         self.hints.close()
@@ -342,7 +352,7 @@ class Node:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the point is to survive anything
+            except Exception as exc:  # the point is to survive anything
                 failures = self.loop_failures.get(name, 0) + 1
                 self.loop_failures[name] = failures
                 delay = LOOP_BACKOFF_MIN if time.monotonic() - started > 60 else min(
@@ -420,7 +430,7 @@ class Node:
                 log.warning("%s: %d hints expired undelivered after %gs; anti-entropy "
                             "repairs their keys", self.name, expired,
                             self.config.handoff_max_age)
-            is_up = lambda t: (not self.liveness.is_down(t, now)  # noqa: E731
+            is_up = lambda t: (not self.liveness.is_down(t, now)
                                and self.membership.address_of(t) is not None)
             for target in self.handoff.due(self.hints.targets(), is_up, now):
                 self.handoff.started(target)
@@ -454,7 +464,7 @@ class Node:
                 ok = True
         except DynamoError as exc:
             log.debug("%s: handoff to %s paused: %s", self.name, target, exc)
-        except Exception:  # noqa: BLE001 - logged, retried after the target's backoff
+        except Exception:  # logged, retried after the target's backoff
             self.loop_failures["handoff"] = self.loop_failures.get("handoff", 0) + 1
             log.exception("%s: handoff to %s failed", self.name, target)
         finally:
@@ -496,7 +506,7 @@ class Node:
             handler(msg, client)
         except DynamoError as exc:
             self.reply_error(client, exc)
-        except Exception as exc:  # noqa: BLE001 - report, log, keep serving
+        except Exception as exc:
             log.exception("%s: %s request failed", self.name, msg.type)
             self.reply_error(client, DynamoError(f"internal error handling {msg.type}: {exc}"))
 
@@ -555,7 +565,7 @@ class Node:
                 msg_type, body = self._serve_replica(send.msg_type, send.body)
             except DynamoError as exc:
                 msg_type, body = "error", errors.to_wire(exc)
-            except Exception as exc:  # noqa: BLE001 - the operation fails, the node serves on
+            except Exception as exc:  # the operation fails, the node serves on
                 log.exception("%s: local %s failed", self.name, send.msg_type)
                 msg_type, body = "error", errors.to_wire(errors.StorageFailed(
                     f"{self.name} could not serve its own {send.msg_type}: {exc}"))
@@ -609,6 +619,14 @@ class Node:
                               lambda peer: self.liveness.is_down(peer, now), resolver,
                               settings.strict)
 
+    def ranges_filled(self) -> None:
+        """After an anti-entropy exchange: a joining node whose every range was compared
+        with another replica holds its ranges, and is up."""
+        if self.membership.me.status == "joining" and not self.anti_entropy.filling:
+            self.membership.update_me(status="up")
+            self._save_identity()
+            log.info("%s: its ranges are filled; it is up", self.name)
+
     def _handle_get(self, msg: Message, client: Client) -> None:
         b = msg.body
         plan = self.plan(b["bucket"], b["key"], "r", b.get("r"))
@@ -628,11 +646,15 @@ class Node:
         bucket, key = body["bucket"], body["key"]
         if msg_type == "replica_get":
             versions = self.store.read(bucket, key)
+            reply: dict[str, Any] = {}
             # A stand-in answers with what it holds for absent homes too.
             if not body.get("own"):
                 for hinted in self.hints.for_key(bucket, key).values():
                     versions.extend(hinted)
-            return "replica_get_ok", {"versions": [v.to_wire() for v in versions]}
+                if self.anti_entropy.is_filling(bucket, key):
+                    reply["filling"] = True
+            reply["versions"] = [v.to_wire() for v in versions]
+            return "replica_get_ok", reply
         try:
             incoming = [Version.from_wire(v) for v in body["versions"]]
         except ValueError as exc:
@@ -754,8 +776,8 @@ class Node:
         self.membership.seeds = tuple(dict.fromkeys([*self.membership.seeds, seed]))
         if self.membership.me.status == "removed" and not msg.body.get("keep_data"):
             self._drop_stale_data("it was removed from the cluster and is joining again")
-        if self.membership.me.status != "up":
-            self.membership.update_me(status="up")
+        if self.membership.me.status not in ("up", "joining"):
+            self.membership.update_me(status="joining")
             self._save_identity()
         self.transport.connect(seed)
         asyncio.get_running_loop().call_later(CONNECT_SECONDS, self._gossip_once, seed)
@@ -764,7 +786,7 @@ class Node:
 
     def _handle_leave(self, msg: Message, client: Client) -> None:
         """Leave gracefully: step off the ring, hand every range over, then exit."""
-        if self.membership.me.status == "up":
+        if self.membership.me.status in ("up", "joining"):
             self.membership.update_me(status="leaving")
             self._save_identity()
             log.info("%s: leaving; handing %d keys over before exiting", self.name,

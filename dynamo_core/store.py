@@ -72,13 +72,13 @@ class LocalStore:
     def _get(self, skey: str) -> bytes | None:
         try:
             return self.engine.get(skey)
-        except Exception as exc:  # noqa: BLE001 - any engine failure is the same to callers
+        except Exception as exc:  # any engine failure is the same to callers
             raise StorageFailed(f"storage engine failed reading {skey!r}: {exc}") from exc
 
     def _put(self, skey: str, data: bytes) -> None:
         try:
             self.engine.put(skey, data)
-        except Exception as exc:  # noqa: BLE001 - disk full, I/O error, a plugin's bug
+        except Exception as exc:  # disk full, I/O error, a plugin's bug
             raise StorageFailed(f"storage engine failed writing {skey!r}: {exc}") from exc
 
     def state(self, bucket: str, key: str) -> tuple[list[Version], int]:
@@ -101,7 +101,7 @@ class LocalStore:
         this actor issue again. Raises :class:`InvalidRequest` for a context naming an event
         of this actor it never made.
         """
-        record = self._record(bucket, key) or {"versions": [], "issued": 0}
+        record: dict[str, Any] = self._record(bucket, key) or {"versions": [], "issued": 0}
         held = [Version.from_wire(v) for v in record["versions"]]
         try:
             dot = next_dot(self.actor, context, held, record["issued"])
@@ -115,7 +115,8 @@ class LocalStore:
         """Fold ``incoming`` into the key's versions; True if what is held changed."""
         skey = storage_key(bucket, key)
         before = self._get(skey)
-        record = {"versions": [], "issued": 0} if before is None else cbor2.loads(before)
+        record: dict[str, Any] = (
+            {"versions": [], "issued": 0} if before is None else cbor2.loads(before))
         held = [Version.from_wire(v) for v in record["versions"]]
         merged = reconcile([*held, *incoming])
         mine = max((v.dot[1] for v in incoming if v.dot[0] == self.actor), default=0)

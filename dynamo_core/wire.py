@@ -130,14 +130,14 @@ def _envelope_head(frame: bytes) -> dict[Any, Any]:
                                 semantic_decoders=_REJECTING_DECODERS,
                                 tag_hook=_reject_unknown_tag)
     head: dict[Any, Any] = {}
-    try:
-        for _ in range(min(count, 8)):
+    for _ in range(min(count, 8)):
+        try:
             key = decoder.decode()
             if key == "b" or not isinstance(key, str):
                 break
             head[key] = decoder.decode()
-    except Exception:  # noqa: BLE001 - a best effort: whatever was read before is kept
-        pass
+        except Exception:  # noqa: BLE001 - a best effort: what was read before is kept
+            break
     return head
 
 
@@ -312,7 +312,8 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
                "context": Field(of_type(bytes, what="bytes"))},
     "put_ok": {"context": Field(of_type(bytes, what="bytes"))},
     "replica_get_ok": {"versions": VERSIONS,
-                       "issued": Field(integer(0, (1 << 63) - 1), required=False)},
+                       # true: this node is still receiving the key's range (see coordinator)
+                       "filling": Field(of_type(bool, what="a boolean"), required=False)},
     "replica_put_ok": {"changed": Field(of_type(bool, what="a boolean"), required=False)},
     # per item: true/false (changed or not), or the text of the error that refused it
     "replica_put_many_ok": {"results": Field(list_of(of_type(bool, str, what="a result"),

@@ -81,7 +81,8 @@ class KeyCount:
     async def count(self) -> dict[str, Any]:
         """Ask every member that is up, concurrently; a silent one is reported, not fatal."""
         node = self.node
-        peers = [m.name for m in node.members() if m.status == "up" and m.state != "down"]
+        peers = [m.name for m in node.members()
+                 if m.status in ("up", "joining") and m.state != "down"]
 
         async def ask(peer: str) -> int | None:
             if peer == node.name:

@@ -10,9 +10,9 @@ import asyncio
 from typing import Any
 
 import pytest
+from test_extensions import TEST_PLUGINS, client, make_node, plugin, run, running, until
 
 from dynamo_core.errors import StorageFailed
-from test_extensions import TEST_PLUGINS, client, make_node, plugin, run, running, until
 
 pytestmark = pytest.mark.timeout(60)
 

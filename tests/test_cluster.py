@@ -524,3 +524,42 @@ def test_a_delete_of_an_absent_key_without_a_context_succeeds(shared, key):
     with shared.client() as c:
         c.delete(key)
         assert c.get(key).values == []
+
+
+def test_cart_adds_forwarded_and_hinted_writes_survive_kill_9_of_every_node(cluster):
+    """Acknowledged means on disk wherever it was acknowledged from: a home coordinating a
+    forwarded put, a stand-in holding a hint, a merge written back on read."""
+    cl = cluster(4, config={"storage": {"engine": "diskcache"},
+                            "cluster": {"request_timeout": 1.0, "heartbeat_interval": 0.2},
+                            "buckets": {"carts": {"resolver": "cart-union"}}})
+    acked: dict[str, int] = {}
+    items: list[str] = []
+    with cl.client("n1") as c:  # one entry node: puts of keys it is not home for are forwarded
+        for i in range(60):
+            c.put(f"fwd-{i}", i, w=2)
+            acked[f"fwd-{i}"] = i
+    cl.kill("n4", signal.SIGKILL)
+    with cl.client("n1", "n2", "n3") as c:
+        wait_for(lambda: next(m["state"] for m in c.status(cl.address("n1"))["members"]
+                              if m["name"] == "n4") == "down", 10, "n4 to be seen down")
+        for i in range(60):  # a third of these are homed on n4: a stand-in takes a hint
+            c.put(f"hinted-{i}", i, w=2)
+            acked[f"hinted-{i}"] = i
+        carts = c.bucket("carts")
+        for i in range(30):
+            read = carts.get("cart", node=cl.address(("n1", "n2", "n3")[i % 3]))
+            have = read.values[0]["items"] if read.values else []
+            carts.put("cart", {"items": [*have, f"item-{i}"]}, read.context,
+                      node=cl.address(("n2", "n3", "n1")[i % 3]))
+            items.append(f"item-{i}")
+        assert sum(c.status(cl.address(n))["hints_pending"] for n in ("n1", "n2", "n3")) > 0
+    for name in ("n1", "n2", "n3"):
+        cl.kill(name, signal.SIGKILL)
+    for name in cl.names:
+        cl.restart(name, wait=False)
+    cl.wait_converged()
+    with cl.client() as c:
+        for key, value in acked.items():
+            assert c.get(key, r=2).values == [value], key
+        [cart] = c.bucket("carts").get("cart", r=3).values
+        assert sorted(set(items) - set(cart["items"])) == []

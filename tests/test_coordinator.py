@@ -61,6 +61,8 @@ class Net:
         self.strict = strict
         #: nodes the failure detector believes down (only sloppy plans consult it)
         self.down: set[str] = set()
+        #: nodes still receiving their ranges: they flag their replica answers "filling"
+        self.filling: set[str] = set()
         self.stores = {n: LocalStore(open_memory_engine(None, {}), max_siblings, f"actor-{n}")
                        for n in names}
         self.coords = {n: Coordinator(n, self.stores[n], request_timeout=TIMEOUT,
@@ -176,8 +178,10 @@ class Net:
         store = self.stores[node]
         if send.msg_type == "replica_get":
             versions = store.read(body["bucket"], body["key"])
-            return self._answer(src, send, "replica_get_ok",
-                                {"versions": [v.to_wire() for v in versions]})
+            reply: dict[str, Any] = {"versions": [v.to_wire() for v in versions]}
+            if node in self.filling:
+                reply["filling"] = True
+            return self._answer(src, send, "replica_get_ok", reply)
         if send.msg_type == "replica_put":
             incoming = [Version.from_wire(v) for v in body["versions"]]
             try:
@@ -255,10 +259,6 @@ class Net:
     def get(self, via: str, key: str, *, r: int = 2,
             resolver: Any = None) -> tuple[list[Any], bytes]:
         client = self.start_get(via, key, r=r, resolver=resolver)
-        if self.answer(client) is None:
-            # Only "not found" so far with a node still silent: the get waits for it up to
-            # the hedge time before it settles on "absent".
-            self.tick(self.now + TIMEOUT / 2)
         body = self.ok(client, "get_ok")
         return [s["value"] for s in body["siblings"]], body["context"]
 
@@ -1056,9 +1056,7 @@ def test_an_answered_get_holds_its_slot_only_until_its_last_reply_or_deadline():
     net = Net(max_pending=1)
     net.make_silent("n3")
     client = net.start_get("n1", "k", r=2)
-    assert net.answer(client) is None  # two "not found"s, n3 silent: worth waiting for
-    net.tick(TIMEOUT / 2)
-    net.ok(client, "get_ok")
+    net.ok(client, "get_ok")  # two "not found"s from homes: absent, at once
     assert net.coords["n1"].pending() == 1  # lingering for read repair
     net.tick(TIMEOUT)
     net.assert_settled()
@@ -1558,28 +1556,34 @@ def test_hinted_writes_counts_a_resolver_write_back_to_a_stand_in(sloppy):
     assert sloppy.coords["n1"].hinted_writes == before + 1
 
 
-def test_a_get_that_heard_only_not_found_waits_for_a_node_that_may_hold_the_key():
-    """A new or stand-in node's empty answer is weak evidence (Riak's notfound_ok = false)."""
-    net = Net()
-    net.put("n1", "k", "v1", w=3)
-    for n in ("n1", "n2"):
-        net.stores[n].engine.delete("default/k")  # as if they had just joined, empty
+def test_a_not_found_from_a_replica_still_filling_its_range_brings_in_the_next_node():
+    """A home that joined (or took a range over) and has not received the range yet holds
+    nothing of the keys written before: its "not found" is no evidence, so the next node of
+    the walk (often the range's previous holder, which keeps it until the newcomer has it)
+    is asked too, at once rather than after a timeout."""
+    net = Net(walk=("n1", "n2", "n3", "n4"))
+    old = version("v1", ("x", 1), ts=1.0)
+    for n in ("n3", "n4"):  # n4 held the range before n1 took it over
+        seed(net, n, "k", old)
+    net.filling.add("n1")
     net.make_slow("n3", "replica_get")
-    client = net.start_get("n1", "k", r=2)
-    assert net.answer(client) is None, "two empty answers are not yet proof of absence"
-    net.release("n3")
+    client = net.start_get("n2", "k", r=2)  # n2 holds nothing of it (a lost write, say)
     values = [s["value"] for s in net.ok(client, "get_ok")["siblings"]]
-    assert values == ["v1"]
+    assert values == ["v1"], "n1's weak empty answer must not count toward R"
+    assert "n4" in [s.to for s in net.sends("replica_get")]
 
 
-def test_a_get_of_an_absent_key_settles_at_the_hedge_time_when_a_node_stays_silent():
+def test_weak_not_founds_answer_a_read_when_no_other_node_is_left_to_ask():
+    net = Net(walk=("n1", "n2", "n3"))  # a fresh cluster: every node is still filling
+    net.filling.update({"n1", "n2", "n3"})
+    assert net.get("n1", "absent", r=2)[0] == []
+
+
+def test_a_get_of_an_absent_key_answers_once_r_homes_said_not_found():
     net = Net()
     net.make_silent("n3")
     client = net.start_get("n1", "absent", r=2)
-    net.tick(TIMEOUT / 2 - 0.01)
-    assert net.answer(client) is None
-    net.tick(TIMEOUT / 2)
-    assert net.ok(client, "get_ok")["siblings"] == []
+    assert net.ok(client, "get_ok")["siblings"] == []  # no waiting for the silent node
 
 
 # ====================================================================== dots issued once
@@ -1698,7 +1702,7 @@ def test_under_last_write_wins_a_delete_later_than_a_concurrent_update_wins(net)
     from dynamo_resolvers.last_write_wins import LastWriteWins
 
     _concurrent_update_and_delete(net, update_at=1.0, delete_at=2.0)
-    values, ctx = net.get("n1", "session", r=3, resolver=LastWriteWins())
+    values, _ = net.get("n1", "session", r=3, resolver=LastWriteWins())
     assert values == []
     for n in HOMES:  # the merge, a tombstone, was written back
         assert [v.tombstone for v in net.stores[n].read(BUCKET, "session")] == [True]

@@ -582,8 +582,11 @@ def test_membership_hook_on_join_and_removal_and_raising_hooks_are_isolated() ->
         async with running(a) as nodes, client(a) as c:
             b = await nodes.start(make_node("mb", "faulty", "recorder", seeds=(a.listen,)))
             await converged(a, b)
-            await until(lambda: events(a, "membership") and events(b, "membership"), 3,
-                        "both nodes to report the join")
+            def joined(node: Node) -> bool:  # mb joins, then is up once its ranges filled
+                seen = events(node, "membership")
+                return bool(seen) and all(m["status"] == "up" for m in seen[-1]["members"])
+
+            await until(lambda: joined(a) and joined(b), 5, "both nodes to report the join")
             for node in (a, b):
                 last = events(node, "membership")[-1]
                 assert [m["name"] for m in last["members"]] == ["ma", "mb"]

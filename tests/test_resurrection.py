@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import pytest
-
 from conftest import wait_for
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.cluster]

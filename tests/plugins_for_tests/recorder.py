@@ -74,7 +74,7 @@ def dynamo_node_stopping(node: NodeAPI) -> None:
     members = node.members()
     _log(node, "stopping", members=[m.name for m in members])
     for member in members:
-        if member.name != node.name and member.status == "up":
+        if member.name != node.name and member.status in ("up", "joining"):
             node.send(member.name, f"{NAME}.note", {"text": f"farewell from {node.name}"})
 
 
