@@ -6,45 +6,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from dynamo_core.hookspecs import StorageEngine, StorageFactory, hookimpl
+from dynamo_plugins.memory_storage import MemoryEngine
 
 #: labels of the engines whose writes currently fail
 FAILING: set[str] = set()
 
 
-class FailingDisk:
-    durable = False
-
+class FailingDisk(MemoryEngine):
     def __init__(self, label: str) -> None:
+        super().__init__()
         self.label = label
-        self._data: dict[str, bytes] = {}
 
     def _check(self) -> None:
         if self.label in FAILING:
             raise OSError(28, "No space left on device")
 
-    def get(self, key: str) -> bytes | None:
-        return self._data.get(key)
-
     def put(self, key: str, value: bytes) -> None:
         self._check()
-        self._data[key] = value
+        super().put(key, value)
 
     def delete(self, key: str) -> None:
         self._check()
-        self._data.pop(key, None)
-
-    def keys(self) -> Iterator[str]:
-        return iter(list(self._data))
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def close(self) -> None:
-        pass
+        super().delete(key)
 
 
 def open_failing_disk(data_dir: str | None, options: Mapping[str, Any]) -> StorageEngine:
