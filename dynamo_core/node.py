@@ -387,7 +387,11 @@ class Node:
             self._gossip_once()
             if time.monotonic() - marked >= ALIVE_SECONDS:
                 marked = time.monotonic()
-                self._mark_storage(clean=False)
+                try:
+                    self._mark_storage(clean=False)
+                except Exception as exc:  # a failing disk must not stop gossip
+                    log.warning("%s: could not record being alive in storage: %s",
+                                self.name, exc)
             # Jitter keeps nodes from gossiping in lock step.
             await asyncio.sleep(interval * self.rng.uniform(0.8, 1.2))
 
