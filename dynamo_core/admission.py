@@ -23,6 +23,10 @@ import math
 from collections import deque
 from typing import Any
 
+#: A token short of one by less than this counts as one: float sums of earned fractions
+#: (0.1 + 0.2 ...) must not leave a caller waiting for a billionth of a token.
+TOKEN_SLACK = 1e-9
+
 
 class BackgroundBudget:
     """Decides whether a background task may start now."""
@@ -81,13 +85,28 @@ class BackgroundBudget:
         """Take a token and a concurrency slot if both are free; the caller then runs a task."""
         self._tick(now)
         self._refill(now)
-        if self._active >= self.max_concurrent or self._tokens < 1.0:
+        if self._active >= self.max_concurrent or self._tokens < 1.0 - TOKEN_SLACK:
             self._refused += 1
             return False
         self._tokens -= 1.0
         self._active += 1
         self._started += 1
         return True
+
+    def ready_at(self, now: float) -> float | None:
+        """When :meth:`try_start` could next succeed: ``now`` or the time the next token is
+        earned; None while every slot is taken (a :meth:`done` frees one).
+
+        It lets a caller that was refused wait for exactly that moment instead of polling.
+        """
+        if self._active >= self.max_concurrent:
+            return None
+        self._refill(now)
+        if self._tokens >= 1.0 - TOKEN_SLACK:
+            return now
+        # Never "now" for a token not yet earned, however tiny the wait: a caller would
+        # be woken again and again at one instant.
+        return max(now + (1.0 - self._tokens) / self._effective, math.nextafter(now, math.inf))
 
     def done(self) -> None:
         """A task that :meth:`try_start` admitted has ended: free its slot."""

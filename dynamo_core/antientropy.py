@@ -28,22 +28,22 @@ stalls the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import logging
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from random import Random
+from typing import Any, TypeVar
 
+from . import tasks
+from .config import Config
 from .errors import DynamoError
+from .handoff import PutMany
 from .merkle import Descent, MerkleTree, RangeTrees, diff_leaf, key_digest, key_id
 from .ring import Ring, key_hash
-from .store import split_storage_key
+from .store import LocalStore, split_storage_key
 from .versions import Version
-
-if TYPE_CHECKING:
-    from .node import Node
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,10 @@ VIEW_WAIT_ROUNDS = 10
 VIEW_WAIT_MIN = 2.0
 
 
+#: A background request to a peer, admitted by the budget: ``(peer, type, body)`` -> reply.
+BackgroundCall = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 @dataclass
 class _Handover:
     """The keys of one range this node holds but no longer replicates, on their way out."""
@@ -85,9 +89,32 @@ class _Handover:
 
 
 class AntiEntropy:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.depth = node.config.ae_depth
+    """Merkle anti-entropy, range transfer and reaping for one node.
+
+    Its collaborators are handed in one by one, so what it can touch is plain: the node's
+    store and ring, its failure detector's opinion, the clock, the random source, and two
+    ways to reach peers (both admitted by the background budget). The core wires the
+    store's change listener to :meth:`on_store_change`.
+    """
+
+    def __init__(self, name: str, config: Config, store: LocalStore, *,
+                 ring: Callable[[], Ring], is_down: Callable[[str, float], bool],
+                 now: Callable[[], float], rng: Random, call: BackgroundCall,
+                 put_many: PutMany, concurrency: int, starts_empty: Callable[[], bool],
+                 on_exchange: Callable[[], None]) -> None:
+        self.name = name
+        self.config = config
+        self.store = store
+        self._current_ring = ring
+        self._is_down = is_down
+        self._now = now
+        self.rng = rng
+        self._background_call = call
+        self._put_many = put_many
+        self.concurrency = concurrency
+        self._starts_empty = starts_empty
+        self._on_exchange = on_exchange
+        self.depth = config.ae_depth
         self._ring: Ring | None = None
         #: replication factor -> trees of the ranges this node replicates at that factor
         self.trees: dict[int, RangeTrees] = {}
@@ -106,7 +133,7 @@ class AntiEntropy:
         #: peer -> since when it has been seen on another ring than this node's
         self._lagging: dict[str, float] = {}
         #: one range transfer at a time (the background loop and a leave both run one)
-        self._transfer_lock = asyncio.Lock()
+        self._transferring = False
         #: no transfer round before this time (see TRANSFER_BACKOFF_ROUNDS)
         self._transfer_after = 0.0
         self._peer_turn = 0
@@ -122,12 +149,11 @@ class AntiEntropy:
         #: was given them by a ring change): until one exchange with another replica of the
         #: range, its "not found" for a key there is weak evidence (it says so in replies)
         self.filling: set[Slot] = set()
-        node.store.listener = self._on_store_change
 
     # ================================================================== trees
 
     def factors(self) -> list[int]:
-        config = self.node.config
+        config = self.config
         return sorted({config.n, *(b.n for b in config.buckets.values())})
 
     def refresh(self) -> None:
@@ -140,13 +166,13 @@ class AntiEntropy:
         a range this node still replicates is adopted whole; with fixed partitions
         (strategies 2 and 3) that is every range but those that changed hands.
         """
-        ring = self.node.membership.ring
+        ring = self._current_ring()
         if ring is self._ring:
             return
         first = self._ring is None
         old_trees, old_unowned, old_tombstones = self.trees, self._unowned, self._tombstones
         self._ring = ring
-        me = self.node.name
+        me = self.name
         ranges = ring.ranges()
         self._tokens = [end for _, end in ranges]
         self.replicas = {n: {r: ring.preference_list(r[1], n) for r in ranges}
@@ -160,15 +186,15 @@ class AntiEntropy:
         self._unowned, self._tombstones, self._reap_queue = {}, {}, []
         mine = {(n, t.start, t.end) for n, trees in self.trees.items() for t in trees.trees()}
         if first:
-            self.filling = set(mine) if self.node.starts_empty else set()
-            for bucket, key, versions in self.node.store.items():
+            self.filling = set(mine) if self._starts_empty() else set()
+            for bucket, key, versions in self.store.items():
                 self._place(bucket, key, versions)
             return
         adopted = {(n, t.start, t.end) for n, trees in self.trees.items()
                    for t in trees.trees() if n in old_trees
                    and old_trees[n].tree_of_range(t.start, t.end) is t}
         self.filling = (self.filling & mine) | (mine - adopted)
-        grace = self.node.config.tombstone_grace
+        grace = self.config.tombstone_grace
         for n, trees in old_trees.items():
             for tree in trees.trees():
                 if n in self.trees and self.trees[n].tree_of_range(tree.start, tree.end) is tree:
@@ -188,7 +214,7 @@ class AntiEntropy:
         for group in old_unowned.values():
             for kid in group:
                 bucket, key = split_storage_key(kid)
-                self._place(bucket, key, self.node.store.read(bucket, key))
+                self._place(bucket, key, self.store.read(bucket, key))
         # Tombstones of adopted trees keep their place in the reaping schedule.
         for kid, newest in old_tombstones.items():
             bucket, key = split_storage_key(kid)
@@ -198,14 +224,14 @@ class AntiEntropy:
 
     def _place(self, bucket: str, key: str, versions: Sequence[Version]) -> None:
         """Put a key held in storage into its tree, if this node replicates it, and file it."""
-        trees = self.trees.get(self.node.config.bucket(bucket).n)
+        trees = self.trees.get(self.config.bucket(bucket).n)
         if trees is not None and versions:
             trees.update(bucket, key, [], versions)
         self._classify(bucket, key, versions)
 
     def _owned(self, bucket: str, key: str) -> bool:
         """Whether this node replicates the key: its range has a tree here."""
-        trees = self.trees.get(self.node.config.bucket(bucket).n)
+        trees = self.trees.get(self.config.bucket(bucket).n)
         return trees is not None and trees.tree_for(key_hash(bucket, key)) is not None
 
     def _range_of(self, h: int) -> tuple[int, int]:
@@ -219,7 +245,7 @@ class AntiEntropy:
         return tokens[i - 1], tokens[i]
 
     def _slot(self, bucket: str, key: str) -> Slot:
-        return (self.node.config.bucket(bucket).n, *self._range_of(key_hash(bucket, key)))
+        return (self.config.bucket(bucket).n, *self._range_of(key_hash(bucket, key)))
 
     def _classify(self, bucket: str, key: str, versions: Sequence[Version]) -> None:
         """File the key as unowned (to hand over) or tombstone (to reap), or neither."""
@@ -236,15 +262,15 @@ class AntiEntropy:
             # The grace runs from when this node came to hold these tombstones, on its own
             # clock: no comparison of times from the clocks of the deleting coordinator,
             # the stand-ins and this node. A restart starts it again (the safe side).
-            since = self.node.now()
+            since = self._now()
             self._tombstones[kid] = since
-            self._schedule_reap(since + self.node.config.tombstone_grace, kid)
+            self._schedule_reap(since + self.config.tombstone_grace, kid)
         else:
             self._tombstones.pop(kid, None)
 
-    def _on_store_change(self, bucket: str, key: str, old: list[Version],
+    def on_store_change(self, bucket: str, key: str, old: list[Version],
                          new: list[Version]) -> None:
-        trees = self.trees.get(self.node.config.bucket(bucket).n)
+        trees = self.trees.get(self.config.bucket(bucket).n)
         if trees is not None:
             trees.update(bucket, key, old, new)
         if self._ring is not None:
@@ -254,7 +280,7 @@ class AntiEntropy:
         trees = self.trees.get(body["n"])
         tree = trees.tree_of_range(body["start"], body["end"]) if trees else None
         if tree is None or tree.depth != body["depth"]:
-            raise DynamoError(f"{self.node.name} does not replicate range "
+            raise DynamoError(f"{self.name} does not replicate range "
                               f"({body['start']:x}, {body['end']:x}] at n={body['n']}")
         return tree
 
@@ -280,29 +306,29 @@ class AntiEntropy:
     async def run(self) -> None:
         """Forever: one exchange with the next peer, one transfer batch, one reap pass."""
         while True:
-            await asyncio.sleep(self.node.config.ae_interval)
+            await tasks.sleep(self.config.ae_interval)
             try:
                 self.refresh()
                 await self.exchange_with_next_peer()
                 await self.transfer_unowned()
                 await self.reap_tombstones()
             except DynamoError as exc:
-                log.debug("%s: background round cut short: %s", self.node.name, exc)
+                log.debug("%s: background round cut short: %s", self.name, exc)
             except Exception:  # a peer's odd answer must not end anti-entropy for good
-                log.warning("%s: background round failed", self.node.name, exc_info=True)
+                log.warning("%s: background round failed", self.name, exc_info=True)
 
     def _peers(self) -> list[str]:
-        now = self.node.now()
-        return [p for p in self._peer_names if not self.node.liveness.is_down(p, now)]
+        now = self._now()
+        return [p for p in self._peer_names if not self._is_down(p, now)]
 
     async def exchange_with_next_peer(self) -> None:
         # A range no other node replicates has nobody to be compared with (N=1, or a
         # one-node ring): what it gets comes by range transfer, and it counts as filled.
-        me = self.node.name
+        me = self.name
         self.filling = {slot for slot in self.filling
                         if any(p != me for p in self.replicas.get(slot[0], {})
                                .get((slot[1], slot[2]), ()))}
-        self.node.ranges_filled()
+        self._on_exchange()
         peers = self._peers()
         if not peers:
             return
@@ -310,7 +336,7 @@ class AntiEntropy:
         peer = peers[self._peer_turn]
         for n in self.trees:
             await self.exchange(peer, n)
-        self.node.ranges_filled()
+        self._on_exchange()
 
     async def exchange(self, peer: str, n: int) -> None:
         """Compare every range shared with ``peer`` at factor ``n``; repair what differs."""
@@ -318,7 +344,7 @@ class AntiEntropy:
         shared = [r for r in trees.ranges() if peer in self.replicas[n][r]]
         # A random order: two replicas repairing a third at once rarely meet on one range,
         # so a key it lacks is seldom shipped to it twice.
-        self.node.rng.shuffle(shared)
+        self.rng.shuffle(shared)
         for i in range(0, len(shared), ROOTS_PER_MESSAGE):
             chunk = shared[i:i + ROOTS_PER_MESSAGE]
             reply = await self._call(peer, "ae_roots", {
@@ -358,13 +384,13 @@ class AntiEntropy:
         items = []
         for kid in kids:
             bucket, key = split_storage_key(kid)
-            versions = self.node.store.read(bucket, key)
+            versions = self.store.read(bucket, key)
             if versions:
                 items.append((bucket, key, versions))
         if not items:
             return
         self.keys_shipped += len(items)
-        results = await self.node.put_many(peer, items)
+        results = await self._put_many(peer, items)
         changed = sum(1 for r in results if r is True)
         if handing_off:
             self.keys_handed_off += changed
@@ -383,7 +409,7 @@ class AntiEntropy:
             versions = [Version.from_wire(v) for v in reply["versions"]]
             if versions:
                 self.keys_shipped += 1
-                if self.node.store.apply(bucket, key, versions):
+                if self.store.apply(bucket, key, versions):
                     self.keys_fetched += 1
 
     async def _each(self, job: Callable[[T], Awaitable[R]], items: Sequence[T]) -> list[R]:
@@ -391,40 +417,23 @@ class AntiEntropy:
 
         The first exception ends the lot: the jobs still running are cancelled.
         """
-        slots = asyncio.Semaphore(self.node.budget.max_concurrent)
-
-        async def bounded(item: T) -> R:
-            async with slots:
-                return await job(item)
-
-        tasks = [asyncio.ensure_future(bounded(item)) for item in items]
-        try:
-            return list(await asyncio.gather(*tasks))
-        finally:
-            for task in tasks:
-                task.cancel()
+        return await tasks.gather([job(item) for item in items],  # type: ignore[misc]
+                                  self.concurrency)
 
     async def _call(self, peer: str, msg_type: str, body: dict[str, Any]) -> dict[str, Any]:
-        """One background request, admitted by the budget (waits for a slot, never queues)."""
-        budget = self.node.budget
-        while not budget.try_start(self.node.now()):
-            await asyncio.sleep(0.01)
-        try:
-            return await self.node.call(peer, msg_type, body)
-        finally:
-            budget.done()
+        return await self._background_call(peer, msg_type, body)
 
     # ================================================================== range transfer
 
     def unowned(self, limit: int) -> list[tuple[str, str, list[Version], list[str]]]:
         """Keys held here that this node no longer replicates, with their replicas now."""
         self.refresh()
-        ring = self.node.membership.ring
+        ring = self._current_ring()
         found = []
         for (n, _, _), group in list(self._unowned.items()):
             for kid in list(group):
                 bucket, key = split_storage_key(kid)
-                versions = self.node.store.read(bucket, key)
+                versions = self.store.read(bucket, key)
                 if not versions or self._owned(bucket, key):
                     self._classify(bucket, key, versions)  # a stale entry: file it again
                     continue
@@ -439,39 +448,47 @@ class AntiEntropy:
 
         Returns how many keys were dropped here.
         """
-        async with self._transfer_lock:
-            self.refresh()
-            if self.node.now() < self._transfer_after:
-                return 0
-            work = await self._handovers()
-            by_peer: dict[str, list[_Handover]] = {}
-            for item in work:
-                for peer in item.replicas:
-                    by_peer.setdefault(peer, []).append(item)
-            await self._each(lambda peer: self._hand_over(peer, by_peer[peer]), list(by_peer))
-            dropped = 0
-            for item in work:
-                if item.confirmed.issuperset(item.replicas):
-                    for kid, versions in item.held.items():
-                        bucket, key = split_storage_key(kid)
-                        # A key written here since is kept, and handed over next round;
-                        # so is one the ring gave back to this node meanwhile.
-                        if not self._owned(bucket, key) and \
-                                self.node.store.remove(bucket, key, versions):
-                            dropped += 1
-            if work and not dropped:
-                # Nothing could move: do not read the same keys again every round.
-                config = self.node.config
-                self._transfer_after = self.node.now() + max(
-                    TRANSFER_BACKOFF_MIN, TRANSFER_BACKOFF_ROUNDS * config.ae_interval)
-            return dropped
+        if self._transferring:
+            return 0
+        self._transferring = True
+        try:
+            return await self._transfer_batch()
+        finally:
+            self._transferring = False
+
+    async def _transfer_batch(self) -> int:
+        self.refresh()
+        if self._now() < self._transfer_after:
+            return 0
+        work = await self._handovers()
+        by_peer: dict[str, list[_Handover]] = {}
+        for item in work:
+            for peer in item.replicas:
+                by_peer.setdefault(peer, []).append(item)
+        await self._each(lambda peer: self._hand_over(peer, by_peer[peer]), list(by_peer))
+        dropped = 0
+        for item in work:
+            if item.confirmed.issuperset(item.replicas):
+                for kid, versions in item.held.items():
+                    bucket, key = split_storage_key(kid)
+                    # A key written here since is kept, and handed over next round;
+                    # so is one the ring gave back to this node meanwhile.
+                    if not self._owned(bucket, key) and \
+                            self.store.remove(bucket, key, versions):
+                        dropped += 1
+        if work and not dropped:
+            # Nothing could move: do not read the same keys again every round.
+            config = self.config
+            self._transfer_after = self._now() + max(
+                TRANSFER_BACKOFF_MIN, TRANSFER_BACKOFF_ROUNDS * config.ae_interval)
+        return dropped
 
     async def _handovers(self) -> list[_Handover]:
         """Whole unowned ranges, up to about TRANSFER_KEYS keys, each with its own tree."""
         work: list[_Handover] = []
         count = 0
         for (n, start, end), group in list(self._unowned.items()):
-            await asyncio.sleep(0)  # storage reads: let foreground requests in between
+            await tasks.sleep(0)  # storage reads: let foreground requests in between
             replicas = self.replicas.get(n, {}).get((start, end))
             if not replicas:
                 continue  # an empty ring: nobody to hand the keys to, so keep them
@@ -479,7 +496,7 @@ class AntiEntropy:
             held: dict[str, list[Version]] = {}
             for kid in list(group):
                 bucket, key = split_storage_key(kid)
-                versions = self.node.store.read(bucket, key)
+                versions = self.store.read(bucket, key)
                 if not versions or self._owned(bucket, key):
                     self._classify(bucket, key, versions)
                     continue
@@ -494,7 +511,7 @@ class AntiEntropy:
 
     async def _hand_over(self, peer: str, items: list[_Handover]) -> None:
         """Bring ``peer`` every key of ``items`` it lacks; mark the items it now holds."""
-        if self.node.liveness.is_down(peer, self.node.now()):
+        if self._is_down(peer, self._now()):
             return
         try:
             for n in sorted({item.n for item in items}):
@@ -502,7 +519,7 @@ class AntiEntropy:
                 for i in range(0, len(at_n), ROOTS_PER_MESSAGE):
                     await self._hand_over_chunk(peer, n, at_n[i:i + ROOTS_PER_MESSAGE])
         except DynamoError as exc:
-            log.debug("%s: handing ranges to %s waits: %s", self.node.name, peer, exc)
+            log.debug("%s: handing ranges to %s waits: %s", self.name, peer, exc)
 
     async def _hand_over_chunk(self, peer: str, n: int, chunk: list[_Handover]) -> None:
         reply = await self._call(peer, "ae_roots", {
@@ -525,9 +542,9 @@ class AntiEntropy:
 
     def _waiting_for_view(self, peer: str) -> bool:
         """Whether to keep waiting for gossip to bring ``peer`` this node's ring."""
-        now = self.node.now()
+        now = self._now()
         since = self._lagging.setdefault(peer, now)
-        wait = max(VIEW_WAIT_MIN, VIEW_WAIT_ROUNDS * self.node.config.gossip_interval)
+        wait = max(VIEW_WAIT_MIN, VIEW_WAIT_ROUNDS * self.config.gossip_interval)
         return now - since < wait
 
     # ================================================================== tombstones
@@ -536,7 +553,7 @@ class AntiEntropy:
         heapq.heappush(self._reap_queue, (when, kid))
         if len(self._reap_queue) > 2 * len(self._tombstones) + 1024:
             # Entries of keys written again since pile up; start over from what is true.
-            grace = self.node.config.tombstone_grace
+            grace = self.config.tombstone_grace
             self._reap_queue = [(ts + grace, k) for k, ts in self._tombstones.items()]
             heapq.heapify(self._reap_queue)
 
@@ -547,8 +564,8 @@ class AntiEntropy:
         while it believes every other home up: a home that is down may still hold the
         live value the tombstone deletes, and reaping then would let it come back.
         """
-        now = self.node.now()
-        grace = self.node.config.tombstone_grace
+        now = self._now()
+        grace = self.config.tombstone_grace
         due: dict[str, None] = {}
         while self._reap_queue and self._reap_queue[0][0] <= now and len(due) < REAP_BATCH:
             _, kid = heapq.heappop(self._reap_queue)
@@ -562,11 +579,11 @@ class AntiEntropy:
                 self._schedule_reap(newest + grace, kid)
                 continue
             bucket, key = split_storage_key(kid)
-            homes = self.node.membership.ring.preference_list(
-                key_hash(bucket, key), self.node.config.bucket(bucket).n)
-            if homes and homes[0] == self.node.name and not any(
-                    self.node.liveness.is_down(p, now) for p in homes[1:]):
-                versions = self.node.store.read(bucket, key)
+            homes = self._current_ring().preference_list(
+                key_hash(bucket, key), self.config.bucket(bucket).n)
+            if homes and homes[0] == self.name and not any(
+                    self._is_down(p, now) for p in homes[1:]):
+                versions = self.store.read(bucket, key)
                 if versions and all(v.tombstone for v in versions) and \
                         await self._reap_everywhere(bucket, key, versions, homes[1:]):
                     continue
@@ -588,9 +605,9 @@ class AntiEntropy:
                 await self._call(peer, "reap", {"bucket": bucket, "key": key,
                                                 "versions": [v.to_wire() for v in versions]})
         except DynamoError as exc:
-            log.debug("%s: reaping %s waits: %s", self.node.name, key_id(bucket, key), exc)
+            log.debug("%s: reaping %s waits: %s", self.name, key_id(bucket, key), exc)
             return False
-        if self.node.store.remove(bucket, key, versions):
+        if self.store.remove(bucket, key, versions):
             self.tombstones_reaped += 1
         return True
 

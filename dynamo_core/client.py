@@ -19,7 +19,7 @@ import zmq
 
 from . import errors
 from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
-from .hookspecs import Resolver, Sibling
+from .api import Resolver, Sibling
 from .transport import SocketReader, configure
 from .versions import context_from_text
 from .wire import Codec, Message, check_value

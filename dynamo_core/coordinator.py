@@ -27,6 +27,7 @@ Rules (the paper's section 4.5, plus what its text leaves implicit):
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence, Union
@@ -41,7 +42,7 @@ from .errors import (
     Timeout,
     Unavailable,
 )
-from .hookspecs import DELETED, Resolver, Sibling
+from .api import DELETED, Resolver, Sibling
 from .versions import (
     Clock,
     Dot,
@@ -266,6 +267,8 @@ class Coordinator:
         self._ops: dict[int, _Operation] = {}
         #: request id of a Send -> (operation id, peer)
         self._sent: dict[int, tuple[int, str]] = {}
+        #: (when, operation id): deadlines and hedge times, earliest first (see on_tick)
+        self._timers: list[tuple[float, int]] = []
         self.stale_replies = 0
         self.read_repairs = 0
         self.hinted_writes = 0
@@ -283,8 +286,12 @@ class Coordinator:
         return self._fan_out(op, now)
 
     def start_put(self, client: Any, plan: KeyPlan, value: Any, context: bytes | None,
-                  tombstone: bool, now: float, forwarded: bool = False) -> list[Effect]:
+                  tombstone: bool, now: float, forwarded: bool = False,
+                  timestamp: float | None = None) -> list[Effect]:
         """Coordinate a put here, or forward it to a home node if this node is not one.
+
+        ``now`` times the operation; ``timestamp`` (wall time, default ``now``) stamps the
+        version, which last-write-wins compares across nodes.
 
         A put that was forwarded here is coordinated here even if this node is not a home
         in its own view of the ring (views differ while gossip spreads a change).
@@ -302,7 +309,8 @@ class Coordinator:
         except DynamoError as exc:
             return [Fail(client, exc)]
         clock = ctx.truncated(self.max_clock_entries, keep=self.actor)
-        version = Version(None if tombstone else value, clock, dot, now, tombstone)
+        version = Version(None if tombstone else value, clock, dot,
+                          now if timestamp is None else timestamp, tombstone)
         targets = [self.name, *(t for t in plan.targets if t != self.name)]
         body = {"bucket": plan.bucket, "key": plan.key, "versions": [version.to_wire()]}
         op = self._new(_PutOp, client, plan, now, targets, plan.quorum, "replica_put", body)
@@ -347,12 +355,15 @@ class Coordinator:
     def _fan_out(self, op: _Operation, now: float, to: list[str] | None = None) -> list[Effect]:
         op_id = next(self._ids)
         self._ops[op_id] = op
+        self._arm(op_id, op.deadline)
         return self._sends(op_id, op, op.asked if to is None else to, now) + \
             self._progress(op_id, op, now)
 
     def _sends(self, op_id: int, op: _Operation, peers: Sequence[str],
                now: float) -> list[Effect]:
         effects: list[Effect] = []
+        if op.spares and peers and op.hedge_after < float("inf"):
+            self._arm(op_id, now + op.hedge_after)
         for peer in peers:
             op.sent_at[peer] = now
             req_id = next(self._ids)
@@ -459,9 +470,17 @@ class Coordinator:
     # ----------------------------------------------------------------- timers
 
     def on_tick(self, now: float) -> list[Effect]:
-        """Replace nodes silent past the hedge time; expire operations at their deadline."""
+        """Replace nodes silent past the hedge time; expire operations at their deadline.
+
+        Only the operations with a timer due are looked at, so a tick costs nothing when
+        nothing is due, however many operations are open.
+        """
         effects: list[Effect] = []
-        for op_id, op in list(self._ops.items()):
+        while self._timers and self._timers[0][0] <= now:
+            _, op_id = heapq.heappop(self._timers)
+            op = self._ops.get(op_id)
+            if op is None:
+                continue  # ended already: its timers are dropped lazily
             if now >= op.deadline:
                 effects.extend(self._report(op, op.silent()))
                 if not op.done:
@@ -470,7 +489,8 @@ class Coordinator:
                 continue
             if op.done or not op.spares:
                 continue  # with nothing to replace them by, silent nodes get their deadline
-            slow = [p for p in op.silent() if now - op.sent_at[p] >= op.hedge_after]
+            # The same sum the timer was armed with: no rounding can make it fall short.
+            slow = [p for p in op.silent() if op.sent_at[p] + op.hedge_after <= now]
             effects.extend(self._report(op, slow))
             for peer in slow:
                 effects.extend(self._replace(op_id, op, peer, now))
@@ -484,7 +504,14 @@ class Coordinator:
         return [PeerFailed(p) for p in fresh]
 
     def next_deadline(self) -> float | None:
-        return min((op.deadline for op in self._ops.values()), default=None)
+        """When :meth:`on_tick` next has work: a deadline, or a hedge (None: nothing open)."""
+        timers = self._timers
+        while timers and timers[0][1] not in self._ops:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def _arm(self, op_id: int, when: float) -> None:
+        heapq.heappush(self._timers, (when, op_id))
 
     # ----------------------------------------------------------------- outcomes
 

@@ -3,12 +3,18 @@
 The registries of :mod:`plugins` pick implementations by name; this module runs what
 plugins add to a live node:
 
-* :class:`NodeHandle`, the node as plugins see it (the ``NodeAPI`` of :mod:`hookspecs`):
-  a narrow, stable surface, so the runtime can change behind it;
+* :class:`NodeHandle`, the node as plugins see it (the ``NodeAPI`` of :mod:`api`): a
+  narrow, stable surface, so the core can change behind it;
 * :class:`Extensions`, which builds every installed protocol extension for the node,
   registers its message types with the node's codec (so its messages are validated on
   receipt like the core's), answers them, runs the extensions' periodic tasks under the
-  background budget, and calls the lifecycle and observation hooks.
+  background budget, and calls the lifecycle and observation hooks in pluggy's order.
+
+Extension code is the plugin author's, and may be written for asyncio. Where it runs is the
+driver's business, reached through an :class:`Edge`: the asyncio adapter runs handlers and
+periodic tasks as asyncio tasks (``asyncio.gather``, ``asyncio.sleep`` work there); the
+simulator runs them on the core's own scheduler (:class:`CoreEdge`), where ``node.call``
+and ``node.send`` work and asyncio's own primitives are refused with a clear error.
 
 A plugin that raises is logged and counted, never allowed to stop the node or to keep the
 other plugins from hearing about an event.
@@ -16,15 +22,15 @@ other plugins from hearing about an event.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
-import time
+from collections.abc import Awaitable, Coroutine, Sequence
+from random import Random
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
-from .errors import ConfigError, DynamoError, Overloaded, Timeout, WireError
-from .hookspecs import (
+from . import tasks
+from .api import (
     MessageType,
     NodeAPI,
     PeerView,
@@ -33,12 +39,10 @@ from .hookspecs import (
     Request,
     RequestEvent,
 )
-from .plugins import Registry
-from .ring import key_hash
-from .wire import Message
-
-if TYPE_CHECKING:
-    from .node import Client, Node
+from .config import Config
+from .errors import ConfigError, DynamoError, Overloaded, Timeout, WireError
+from .plugins import Registry, call_order
+from .wire import Codec, Message
 
 log = logging.getLogger(__name__)
 
@@ -50,41 +54,103 @@ MIN_TASK_INTERVAL = 0.01
 OBSERVED_OPS = frozenset({"get", "put", "delete"})
 
 
-class NodeHandle:
-    """The :class:`~dynamo_core.hookspecs.NodeAPI` of one node."""
+class Edge(Protocol):
+    """How extension code reaches the node: the driver's side of the core."""
 
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        self.name = node.name
-        self.address = node.listen
-        self.rng = node.rng
+    def call(self, peer: str, msg_type: str, body: dict[str, Any],
+             timeout: float | None) -> Awaitable[dict[str, Any]]:
+        """A request to a peer; the awaitable gives the reply body or raises."""
+        ...
+
+    def send(self, peer: str, msg_type: str, body: dict[str, Any]) -> None:
+        """A one-way message to a peer."""
+        ...
+
+    def run(self, awaitable: Awaitable[Any], limit: float) -> Awaitable[Any]:
+        """Awaited by a core task: run an extension's awaitable for at most ``limit``
+        seconds; raises :class:`~dynamo_core.tasks.CutOff` past it."""
+        ...
+
+
+class CoreEdge:
+    """Extension code on the core's own scheduler (the simulator, and in-process tests)."""
+
+    def __init__(self, send: Callable[[str, str, dict[str, Any]], None]) -> None:
+        self._send = send
+
+    def call(self, peer: str, msg_type: str, body: dict[str, Any],
+             timeout: float | None) -> Awaitable[dict[str, Any]]:
+        return tasks.Call(peer, msg_type, body, timeout)
+
+    def send(self, peer: str, msg_type: str, body: dict[str, Any]) -> None:
+        self._send(peer, msg_type, body)
+
+    def run(self, awaitable: Awaitable[Any], limit: float) -> Awaitable[Any]:
+        return tasks.within(awaitable, limit)
+
+
+class ExtensionHost(Protocol):
+    """What the extension runtime needs of the node core."""
+
+    name: str
+    address: str
+    rng: Random
+    config: Config
+    codec: Codec
+
+    def wall(self) -> float: ...
+
+    def members(self) -> list[PeerView]: ...
+
+    def preference_list(self, bucket: str, key: str) -> list[str]: ...
+
+    def local_key_count(self) -> int: ...
+
+    def status_document(self) -> dict[str, Any]: ...
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> tasks.Task: ...
+
+    def answer(self, client: Any, msg_type: str, body: dict[str, Any]) -> None: ...
+
+    def answer_error(self, client: Any, exc: DynamoError) -> None: ...
+
+    def background_done(self) -> None: ...
+
+
+class NodeHandle:
+    """The :class:`~dynamo_core.api.NodeAPI` of one node."""
+
+    def __init__(self, host: ExtensionHost, edge: Edge) -> None:
+        self._host = host
+        self._edge = edge
+        self.name = host.name
+        self.address = host.address
+        self.rng = host.rng
 
     def now(self) -> float:
-        return self._node.now()
+        return self._host.wall()
 
     def members(self) -> list[PeerView]:
-        node = self._node
-        return [PeerView(m.name, m.address, m.status, node.peer_state(m.name))
-                for m in node.membership.members()]
+        return self._host.members()
 
     def preference_list(self, bucket: str, key: str) -> list[str]:
-        return list(self._node.membership.ring.walk(key_hash(bucket, key)))
+        return self._host.preference_list(bucket, key)
 
     def local_key_count(self) -> int:
-        return self._node.anti_entropy.keys_held()
+        return self._host.local_key_count()
 
     def stats(self) -> Mapping[str, Any]:
-        return self._node.status_document()
+        return self._host.status_document()
 
     def options(self, extension: str) -> Mapping[str, Any]:
-        return MappingProxyType(dict(self._node.config.extensions.get(extension, {})))
+        return MappingProxyType(dict(self._host.config.extensions.get(extension, {})))
 
     async def call(self, peer: str, msg_type: str, body: Mapping[str, Any],
                    timeout: float | None = None) -> dict[str, Any]:
-        return await self._node.call(peer, msg_type, dict(body), timeout)
+        return await self._edge.call(peer, msg_type, dict(body), timeout)
 
     def send(self, peer: str, msg_type: str, body: Mapping[str, Any]) -> None:
-        self._node.send_one_way(peer, msg_type, dict(body))
+        self._edge.send(peer, msg_type, dict(body))
 
     def __repr__(self) -> str:
         return f"NodeHandle({self.name})"
@@ -93,24 +159,29 @@ class NodeHandle:
 class Extensions:
     """Every installed protocol extension of one node, and its plugins' hooks."""
 
-    def __init__(self, node: Node, registry: Registry) -> None:
-        self.node = node
-        self.api: NodeAPI = NodeHandle(node)
-        self.hook = registry.pm.hook
+    def __init__(self, host: ExtensionHost, registry: Registry, edge: Edge,
+                 logger: logging.Logger | logging.LoggerAdapter[Any] = log) -> None:
+        self.host = host
+        self.edge = edge
+        self.log = logger
+        self.api: NodeAPI = NodeHandle(host, edge)
+        self.pm = registry.pm
         #: hooks that raised, and extension handlers or tasks that failed unexpectedly
         self.errors = 0
-        self._running: set[asyncio.Task] = set()
+        self._running = 0
         self._check_options(registry)
         self.installed: dict[str, ProtocolExtension] = {
             name: self._build(name, registry.pick("protocol extension", name))
             for name in registry.names("protocol extension")}
+        self._handlers = {message.name: message for extension in self.installed.values()
+                          for message in extension.messages}
         # Observation runs once per request: skip building events when nobody listens.
-        self._observers = self.hook.dynamo_request_completed.get_hookimpls()
+        self._observers = call_order(self.pm, "dynamo_request_completed")
 
     # ------------------------------------------------------------------ set-up
 
     def _check_options(self, registry: Registry) -> None:
-        for name in self.node.config.extensions:
+        for name in self.host.config.extensions:
             registry.pick("protocol extension", name)  # unknown: ConfigError listing them
 
     def _build(self, name: str, factory: Callable[[NodeAPI], ProtocolExtension]
@@ -137,118 +208,109 @@ class Extensions:
             raise ConfigError(f"protocol extension {extension!r}: message type "
                               f"{message.name!r} must be named '{extension}.<verb>' "
                               f"(not ending in _ok, which names its reply)")
-        codec = self.node.codec
+        codec = self.host.codec
         try:
             codec.register(message.name, dict(message.fields))
             codec.register(f"{message.name}_ok", dict(message.reply_fields))
         except ValueError as exc:
             raise ConfigError(f"protocol extension {extension!r}: {exc}") from None
 
-    def handlers(self) -> dict[str, Callable[[Message, Client], None]]:
-        """The node's request handlers for every extension message type."""
-        return {message.name: self._handler_of(message)
-                for extension in self.installed.values() for message in extension.messages}
+    def message_types(self) -> list[str]:
+        """Every message type the installed extensions answer."""
+        return list(self._handlers)
 
     # ------------------------------------------------------------------ messages
 
-    def _handler_of(self, message: MessageType) -> Callable[[Message, Client], None]:
-        def accept(msg: Message, client: Client) -> None:
-            if len(self._running) >= MAX_HANDLERS_RUNNING:
-                raise Overloaded(f"{MAX_HANDLERS_RUNNING} extension messages are being "
-                                 f"answered already; {msg.type} refused")
-            task = asyncio.get_running_loop().create_task(self._answer(message, msg, client))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-        return accept
+    def accept(self, msg: Message, client: Any) -> None:
+        """Answer an extension message: its handler runs as a task of its own."""
+        if self._running >= MAX_HANDLERS_RUNNING:
+            raise Overloaded(f"{MAX_HANDLERS_RUNNING} extension messages are being "
+                             f"answered already; {msg.type} refused")
+        self._running += 1
+        self.host.spawn(f"handler {msg.type}", self._answer(self._handlers[msg.type], msg,
+                                                            client))
 
-    async def _answer(self, message: MessageType, msg: Message, client: Client) -> None:
+    async def _answer(self, message: MessageType, msg: Message, client: Any) -> None:
         """Run the handler, check its reply against ``reply_fields``, send it back."""
-        node = self.node
-        body: dict[str, Any] = {}
-        error: DynamoError | None = None
-        limit = node.config.request_timeout * 2
         try:
-            result = message.handler(self.api, Request(msg.type, msg.body, msg.sender))
-            if inspect.isawaitable(result):
-                async with asyncio.timeout(limit):
-                    result = await result
-            body = dict(result or {})
-        except asyncio.TimeoutError:
-            self.errors += 1
-            log.error("%s: %s handler did not answer within %gs", node.name, msg.type, limit)
-            error = Timeout(f"{msg.type} handler did not answer within {limit:g}s")
-        except DynamoError as exc:  # the handler's answer, or a peer's error it relays
-            error = exc
-        except Exception as exc:  # noqa: BLE001 - a plugin bug must not reach the loop
-            self.errors += 1
-            log.exception("%s: %s handler failed", node.name, msg.type)
-            error = DynamoError(f"internal error in the {msg.type} handler: {exc}")
-        else:
-            try:
-                node.codec.check_body(f"{message.name}_ok", body)
-            except WireError as exc:
-                self.errors += 1
-                log.error("%s: %s handler replied a body its reply_fields refuse: %s",
-                          node.name, msg.type, exc)
-                error = DynamoError(f"{msg.type} handler replied an invalid body: {exc}")
+            body, error = await self._handle(message, msg)
+        finally:
+            self._running -= 1
         if client.req_id is None:  # one-way: nobody waits for an answer
             return
         if error is not None:
-            node.reply_error(client, error)
+            self.host.answer_error(client, error)
         else:
-            node.reply(client, f"{message.name}_ok", body)
+            self.host.answer(client, f"{message.name}_ok", body)
+
+    async def _handle(self, message: MessageType, msg: Message
+                      ) -> tuple[dict[str, Any], DynamoError | None]:
+        limit = self.host.config.request_timeout * 2
+        try:
+            result = message.handler(self.api, Request(msg.type, msg.body, msg.sender))
+            if inspect.isawaitable(result):
+                result = await self.edge.run(result, limit)
+            body = dict(result or {})
+        except tasks.CutOff:
+            self.errors += 1
+            self.log.error("%s handler did not answer within %gs", msg.type, limit)
+            return {}, Timeout(f"{msg.type} handler did not answer within {limit:g}s")
+        except DynamoError as exc:  # the handler's answer, or a peer's error it relays
+            return {}, exc
+        except Exception as exc:  # noqa: BLE001 - a plugin bug must not reach the node
+            self.errors += 1
+            self.log.exception("%s handler failed", msg.type)
+            return {}, DynamoError(f"internal error in the {msg.type} handler: {exc}")
+        try:
+            self.host.codec.check_body(f"{message.name}_ok", body)
+        except WireError as exc:
+            self.errors += 1
+            self.log.error("%s handler replied a body its reply_fields refuse: %s",
+                           msg.type, exc)
+            return {}, DynamoError(f"{msg.type} handler replied an invalid body: {exc}")
+        return body, None
 
     # ------------------------------------------------------------------ tasks
 
-    def start_tasks(self) -> list[asyncio.Task]:
-        return [asyncio.get_running_loop().create_task(self._every(name, task),
-                                                       name=f"{name}:{task.name}")
-                for name, extension in self.installed.items() for task in extension.tasks]
+    def loops(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+        """The periodic tasks of every extension, as loops for the core to run."""
+        return {f"{name}:{task.name}": (lambda name=name, task=task: self._every(name, task))
+                for name, extension in self.installed.items() for task in extension.tasks}
 
     async def _every(self, extension: str, task: PeriodicTask) -> None:
-        budget, rng = self.node.budget, self.node.rng
+        rng = self.host.rng
         while True:
-            await asyncio.sleep(task.interval * rng.uniform(0.9, 1.1))
-            while not budget.try_start(time.time()):
-                await asyncio.sleep(0.01)
+            await tasks.sleep(task.interval * rng.uniform(0.9, 1.1))
+            await tasks.admitted()
             try:
                 result = task.run(self.api)
                 if inspect.isawaitable(result):
                     # A hung run would hold its background slot, starving handoff and
-                    # anti-entropy: it is cut off. (asyncio.timeout, not wait_for: on 3.11
-                    # wait_for can swallow the cancellation of a stopping node.)
-                    async with asyncio.timeout(self._task_limit(task)):
-                        await result
-            except asyncio.CancelledError:
-                raise
-            except asyncio.TimeoutError:
+                    # anti-entropy: it is cut off.
+                    await self.edge.run(result, self._task_limit(task))
+            except tasks.CutOff:
                 self.errors += 1
-                log.error("%s: periodic task %s of %s cut off after %gs", self.node.name,
-                          task.name, extension, self._task_limit(task))
+                self.log.error("periodic task %s of %s cut off after %gs", task.name,
+                               extension, self._task_limit(task))
             except Exception:  # noqa: BLE001 - the task runs again next period
                 self.errors += 1
-                log.exception("%s: periodic task %s of %s failed", self.node.name, task.name,
-                              extension)
+                self.log.exception("periodic task %s of %s failed", task.name, extension)
             finally:
-                budget.done()
+                self.host.background_done()
 
     def _task_limit(self, task: PeriodicTask) -> float:
         """How long one run of a periodic task may take: its period, at least 2 timeouts."""
-        return max(task.interval, self.node.config.request_timeout * 2)
-
-    async def stop(self) -> None:
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        return max(task.interval, self.host.config.request_timeout * 2)
 
     # ------------------------------------------------------------------ hooks
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call a lifecycle hook on every plugin implementing it, each failure isolated."""
-        for impl in getattr(self.hook, hook_name).get_hookimpls():
+        """Call a lifecycle hook on every plugin implementing it, in pluggy's order, each
+        failure isolated."""
+        for impl in call_order(self.pm, hook_name):
             self._call_impl(impl, hook_name, {"node": self.api, **kwargs})
 
-    def request_completed(self, client: Client, outcome: str, now: float) -> None:
+    def request_completed(self, client: Any, outcome: str, now: float) -> None:
         """Tell observers a client request was answered (``outcome``: "ok" or error code)."""
         if not self._observers or client.op is None:
             return
@@ -263,5 +325,9 @@ class Extensions:
             impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
         except Exception:  # noqa: BLE001 - one plugin's bug is not the node's
             self.errors += 1
-            log.exception("%s: plugin %s failed in %s", self.node.name, impl.plugin_name,
-                          hook_name)
+            self.log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+
+
+def members_view(members: Sequence[Any], state: Callable[[str], str]) -> list[PeerView]:
+    """Member records as plugins see them, each with this node's opinion of it."""
+    return [PeerView(m.name, m.address, m.status, state(m.name)) for m in members]

@@ -15,20 +15,25 @@ Two rules shape this module:
   hint that does not fit is refused with :class:`~dynamo_core.errors.Overloaded`, so the
   coordinator tries another node or fails the write instead of the stand-in filling its disk.
 
-:class:`HandoffPlanner` is the pure decision of *whom to deliver to now*; the runtime does the
-sending and reports back. Time always comes in as ``now``; nothing here reads a clock.
+:class:`HandoffPlanner` is the pure decision of *whom to deliver to now*;
+:class:`HintDelivery` carries it out as coroutines of the node core's scheduler (sends out,
+replies in). Time always comes in from the core; nothing here reads a clock.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import cbor2
 
-from .errors import Overloaded
-from .hookspecs import StorageEngine
+from . import tasks
+from .api import StorageEngine
+from .errors import DynamoError, Overloaded
 from .versions import Dot, Version, reconcile
+
+log = logging.getLogger(__name__)
 
 #: Separates the target node's name from ``bucket/key`` in an engine key. Node names and
 #: bucket names never contain it, and the key may contain anything after the first ``/``.
@@ -368,3 +373,91 @@ class HandoffPlanner:
 
     def active(self) -> set[str]:
         return set(self._active)
+
+
+# ====================================================================== delivery
+
+
+#: Stores versions of many keys in a peer's own replicas; each item's result (see NodeCore).
+PutMany = Callable[[str, Sequence[tuple[str, str, Sequence[Version]]]],
+                   Awaitable[list[bool | str]]]
+
+
+class HintDelivery:
+    """Hands held hints to their home nodes once those are back, and deletes each one once
+    acknowledged: a coroutine per target, driven by the node core's scheduler.
+
+    Its collaborators are narrow: the hint store, a way to store keys in a peer's replicas
+    (``put_many``), the failure detector's opinion (``is_up``), and the two clocks. It never
+    sees the node.
+    """
+
+    def __init__(self, hints: HintStore, put_many: PutMany,
+                 is_up: Callable[[str, float], bool], spawn: Callable[[str, Any], Any], *,
+                 interval: float, batch: int, max_age: float,
+                 now: Callable[[], float], wall: Callable[[], float],
+                 logger: logging.Logger | logging.LoggerAdapter[Any] = log) -> None:
+        self.hints = hints
+        self.log = logger
+        self.planner = HandoffPlanner()
+        self._put_many = put_many
+        self._is_up = is_up
+        self._spawn = spawn
+        self.interval = interval
+        self.batch = batch
+        self.max_age = max_age
+        self._now = now
+        self._wall = wall
+        self.delivered = 0
+        #: deliveries that raised something else than a DynamoError (a bug, a disk error)
+        self.failures = 0
+
+    async def run(self) -> None:
+        """Forever: expire old hints, start a delivery to each home that is due."""
+        while True:
+            await tasks.sleep(self.interval)
+            self.round()
+
+    def round(self) -> None:
+        expired = self.hints.expire(self._wall())
+        if expired:
+            self.log.warning("%d hints expired undelivered after %gs; anti-entropy repairs "
+                        "their keys", expired, self.max_age)
+        now = self._now()
+        for target in self.planner.due(self.hints.targets(),
+                                       lambda t: self._is_up(t, now), now):
+            self.planner.started(target)
+            self._spawn(f"handoff to {target}", self.deliver(target))
+
+    async def deliver(self, target: str) -> None:
+        """Hand a home that is back its hints, batch after batch; delete each once
+        acknowledged.
+
+        Whatever happens, the target's delivery slot is given back (``finally``): a batch
+        that raised must not stop hinted handoff to that node for good.
+        """
+        ok = False
+        try:
+            # Batch after batch while the target takes them: the backlog drains at the
+            # speed of round trips, not one batch per handoff interval.
+            while batch := self.hints.batch(target, self.batch):
+                results = await self._put_many(
+                    target, [(h.bucket, h.key, h.versions) for h in batch])
+                refused = [(h, r) for h, r in zip(batch, results) if isinstance(r, str)]
+                for hint, result in zip(batch, results):
+                    if not isinstance(result, str) and self.hints.delivered(hint):
+                        self.delivered += 1
+                if refused:
+                    hint, why = refused[0]
+                    self.log.warning("%s refused %d hinted keys (first %s/%s: %s); kept until "
+                                "they expire", target, len(refused), hint.bucket, hint.key, why)
+                    break
+            else:
+                ok = True
+        except DynamoError as exc:
+            self.log.debug("handoff to %s paused: %s", target, exc)
+        except Exception:  # logged, retried after the target's backoff
+            self.failures += 1
+            self.log.exception("handoff to %s failed", target)
+        finally:
+            self.planner.finished(target, ok, self._now())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .hookspecs import FailureDetector
+from .api import FailureDetector
 
 
 class Liveness:

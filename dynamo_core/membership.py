@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from .hookspecs import MemberInfo, PartitionStrategy
+from .api import MemberInfo, PartitionStrategy
 from .ring import Ring
 
 #: Statuses a member record can have. A removed member stays as a record (a tombstone) so

@@ -16,8 +16,10 @@ from . import hookspecs
 from .errors import ConfigError
 
 
-def make_plugin_manager(modules: Sequence[str] = ()) -> pluggy.PluginManager:
-    """A new manager: entry-point plugins, then the modules a config names.
+def make_plugin_manager(modules: Sequence[str] = (), extra: Sequence[object] = ()
+                        ) -> pluggy.PluginManager:
+    """A new manager: entry-point plugins, the modules a config names, then ``extra``
+    plugin objects a program hands in (the simulator's disks, a test's recorder).
 
     A module named in the config that an installed distribution already registered is
     not registered twice. A function named like a hook that is not one (``dynamo_resolver``
@@ -34,11 +36,35 @@ def make_plugin_manager(modules: Sequence[str] = ()) -> pluggy.PluginManager:
         if pm.is_registered(module) or pm.has_plugin(name):
             continue
         pm.register(module, name=name)
+    for plugin in extra:
+        if not pm.is_registered(plugin):
+            pm.register(plugin)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise ConfigError(f"plugin {exc.plugin_name!r}: {exc}") from None
+    _refuse_wrappers(pm)
     return pm
+
+
+def _refuse_wrappers(pm: pluggy.PluginManager) -> None:
+    """A wrapper runs around the other implementations and sees their failures; a node calls
+    each implementation on its own, isolated (see :mod:`hookspecs`), so it cannot honour one."""
+    for hook_name in [*Registry.KINDS.values(), *Registry.EVENT_HOOKS]:
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if impl.wrapper or impl.hookwrapper:
+                raise ConfigError(
+                    f"plugin {impl.plugin_name!r}: {hook_name} is a "
+                    f"{'wrapper' if impl.wrapper else 'hookwrapper'}; dynamo calls every "
+                    f"implementation on its own, so that one plugin's failure never reaches "
+                    f"another, and cannot run wrappers: make it a plain implementation "
+                    f"(tryfirst/trylast order it)")
+
+
+def call_order(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
+    """The implementations of a hook in the order pluggy would call them: ``tryfirst``
+    ones first, ``trylast`` ones last, otherwise the plugin registered last first."""
+    return list(reversed(getattr(pm.hook, hook_name).get_hookimpls()))
 
 
 class Registry:
@@ -59,13 +85,13 @@ class Registry:
     def _collect(self, kind: str, hook_name: str) -> dict[str, tuple[Any, str]]:
         """name -> (implementation, plugin name); a name offered twice is a config error."""
         found: dict[str, tuple[Any, str]] = {}
-        hook = getattr(self.pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
+        for impl in call_order(self.pm, hook_name):
             offered: Mapping[str, Any] = impl.function() or {}
             for name, obj in offered.items():
                 if name in found:
-                    raise ConfigError(f"{kind} {name!r} is offered by both {found[name][1]} "
-                                      f"and {impl.plugin_name}")
+                    first, second = sorted((found[name][1], impl.plugin_name))
+                    raise ConfigError(f"{kind} {name!r} is offered by both {first} and "
+                                      f"{second}")
                 found[name] = (obj, impl.plugin_name)
         return found
 
@@ -75,7 +101,7 @@ class Registry:
 
     def listeners(self, hook_name: str) -> list[str]:
         """The plugins implementing an event hook, in the order they are called."""
-        return [impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()]
+        return [impl.plugin_name for impl in call_order(self.pm, hook_name)]
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._by_kind[kind])

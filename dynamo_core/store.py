@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import cbor2
 
 from .errors import InvalidRequest, Overloaded, StorageFailed
-from .hookspecs import StorageEngine
+from .api import StorageEngine
 from .versions import Clock, Dot, Version, next_dot, reconcile
 
 log = logging.getLogger(__name__)

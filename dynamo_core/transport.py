@@ -1,4 +1,10 @@
-"""ZeroMQ transport: one bound ROUTER per node, one DEALER towards each peer.
+"""How a node's frames reach the network: the :class:`Transport` interface, and ZeroMQ.
+
+The node core (:mod:`core`) never sees a socket; its driver moves frames through a
+:class:`Transport`. Two implement it: :class:`ZmqTransport` here, the only one a real node
+uses, and the simulator's in-process network (:mod:`dynamo_core.sim.network`).
+
+ZeroMQ: one bound ROUTER per node, one DEALER towards each peer.
 
 Requests arrive on the ROUTER (from clients and peers) and are answered through it; requests
 this node makes leave on the DEALER for that peer and their replies come back on the same
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Callable, Protocol
 
 import zmq
 
@@ -33,10 +39,40 @@ RECV_HWM = 10_000
 BATCH = 256
 
 FrameHandler = Callable[[list[bytes]], None]
+#: A request arrived: ``(identity to answer through, frames)``.
+RequestHandler = Callable[[bytes, list[bytes]], None]
+#: A reply arrived from the peer at ``address``: ``(address, frames)``.
+ReplyHandler = Callable[[str, list[bytes]], None]
 
 
 class SendFailed(Exception):
     """A frame could not be queued for a peer (queue full, socket closed)."""
+
+
+class Transport(Protocol):
+    """A node's two kinds of traffic: requests in (answered through the identity they came
+    with) and requests out to peers (their replies come back to ``on_reply``)."""
+
+    def start(self, on_request: RequestHandler, on_reply: ReplyHandler) -> None:
+        """Listen; from now on arriving frames go to the handlers. Raises OSError if the
+        address cannot be listened on."""
+        ...
+
+    def reply(self, identity: bytes, frame: bytes) -> None:
+        """Answer a request (dropped if the asker is gone)."""
+        ...
+
+    def send(self, address: str, frame: bytes) -> None:
+        """Queue a request for the peer at ``address``; raises SendFailed if it cannot."""
+        ...
+
+    def connect(self, address: str) -> None:
+        """Open the way to a peer ahead of the first request to it."""
+        ...
+
+    def close(self) -> None:
+        """Stop listening and release everything (also if never started)."""
+        ...
 
 
 def configure(sock: zmq.Socket, max_bytes: int) -> None:
@@ -93,19 +129,19 @@ class SocketReader:
 
 
 class ZmqTransport:
-    def __init__(self, name: str, listen: str, max_bytes: int,
-                 on_request: Callable[[bytes, list[bytes]], None],
-                 on_reply: Callable[[str, list[bytes]], None]) -> None:
+    """The production :class:`Transport`: ZeroMQ DEALER/ROUTER, read from an asyncio loop."""
+
+    def __init__(self, name: str, listen: str, max_bytes: int) -> None:
         self.name = name
         self.listen = listen
         self.max_bytes = max_bytes
-        self._on_request = on_request
-        self._on_reply = on_reply
+        self._on_reply: ReplyHandler = lambda address, frames: None
         self._ctx = zmq.Context()
         self._router: SocketReader | None = None
         self._dealers: dict[str, SocketReader] = {}
 
-    async def start(self) -> None:
+    def start(self, on_request: RequestHandler, on_reply: ReplyHandler) -> None:
+        self._on_reply = on_reply
         router = self._ctx.socket(zmq.ROUTER)
         configure(router, self.max_bytes)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -115,8 +151,7 @@ class ZmqTransport:
             router.close(0)
             raise OSError(f"cannot listen on {self.listen}: {exc}") from None
         self._router = SocketReader(
-            router, lambda frames: self._on_request(frames[0], frames[1:]),
-            f"{self.name} router")
+            router, lambda frames: on_request(frames[0], frames[1:]), f"{self.name} router")
 
     def reply(self, identity: bytes, frame: bytes) -> None:
         """Answer a request that came in on the ROUTER (dropped if the asker is gone)."""
@@ -167,10 +202,7 @@ class ZmqTransport:
         self._dealers[address] = reader
         return reader
 
-    async def close(self) -> None:
-        self.discard()
-
-    def discard(self) -> None:
+    def close(self) -> None:
         """Close every socket and the context (also for a transport that never started)."""
         for reader in [*self._dealers.values(), self._router]:
             if reader is not None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from dynamo_core import Client, DynamoError
 from dynamo_core.cluster import LocalCluster
-from dynamo_core.node import request_lifetime
+from dynamo_core.core import request_lifetime
 
 T = TypeVar("T")
 

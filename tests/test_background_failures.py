@@ -51,7 +51,7 @@ def test_a_node_whose_disk_fails_answers_clear_errors_and_recovers_when_writes_s
 def test_the_timer_loop_survives_an_exception_and_operations_still_time_out():
     async def scenario() -> None:
         node = make_node("tl1")
-        real_tick = node.coordinator.on_tick
+        real_tick = node.core.coordinator.on_tick
         raised = []
 
         def tick_that_fails_once(now: float) -> list:
@@ -60,14 +60,14 @@ def test_the_timer_loop_survives_an_exception_and_operations_still_time_out():
                 raise RuntimeError("a bug in a timer")
             return real_tick(now)
 
-        node.coordinator.on_tick = tick_that_fails_once  # type: ignore[method-assign]
+        node.core.coordinator.on_tick = tick_that_fails_once  # type: ignore[method-assign]
         async with running(node), client(node) as c:
+            await c.put("k", "v")  # an operation arms the coordinator's timer
             await until(lambda: raised, 5.0, "the timer to fail once")
-            await until(lambda: node.loop_failures.get("tick") == 1, 5.0,
+            await until(lambda: node.core.loop_failures.get("timers") == 1, 5.0,
                         "the failure to be counted")
-            await c.put("k", "v")
             assert (await c.get("k")).values == ["v"]
-            assert (await c.status())["loop_failures"] == {"tick": 1}
+            assert (await c.status())["loop_failures"] == {"timers": 1}
             # Timers run again: an operation with a silent replica still ends by its deadline.
             assert await asyncio.wait_for(_deadline_fires(node), 5.0)
 
@@ -77,13 +77,17 @@ def test_the_timer_loop_survives_an_exception_and_operations_still_time_out():
 async def _deadline_fires(node: Any) -> bool:
     """A get whose only replica never answers is failed by the timer, not left open."""
     from dynamo_core.coordinator import KeyPlan
+    from dynamo_core.core import Client
 
     answered: list[Any] = []
-    node.coordinator.start_get("probe", KeyPlan("default", "x", ("ghost",), 1), node.now())
-    node.reply_error = lambda client, exc: answered.append(exc)  # type: ignore[method-assign]
+    core = node.core
+    core.answer_error = lambda client, exc: answered.append(exc)  # type: ignore[method-assign]
+    node._carry_out(core._run(core.coordinator.start_get(
+        Client(b"probe", 1, core.now()), KeyPlan("default", "x", ("ghost",), 1),
+        core.now())) or [])
     while not answered:
         await asyncio.sleep(0.05)
-    return node.coordinator.pending() == 0
+    return core.coordinator.pending() == 0
 
 
 def test_a_handoff_batch_that_raises_gives_its_delivery_slot_back():
@@ -93,11 +97,14 @@ def test_a_handoff_batch_that_raises_gives_its_delivery_slot_back():
         def broken_batch(target: str, limit: int) -> list:
             raise OSError(5, "Input/output error")
 
-        node.hints.batch = broken_batch  # type: ignore[method-assign]
-        node.handoff.started("elsewhere")
-        await node._deliver_hints("elsewhere")
-        assert "elsewhere" not in node.handoff.active()
-        assert node.loop_failures == {"handoff": 1}
-        node._release()
+        core = node.core
+        core.hints.batch = broken_batch  # type: ignore[method-assign]
+        core.handoff.planner.started("elsewhere")
+        core.spawn("handoff to elsewhere", core.handoff.deliver("elsewhere"))
+        core.tasks.run_ready()
+        assert "elsewhere" not in core.handoff.planner.active()
+        assert core.status_document()["loop_failures"] == {"handoff": 1}
+        core.close()
+        node.transport.close()
 
     run(scenario())

@@ -41,7 +41,6 @@ from dynamo_core.errors import (
     Unavailable,
     WireError,
 )
-from dynamo_core.extensions import NodeHandle
 from dynamo_core.hookspecs import PEER_STATES
 from dynamo_core.node import Node
 
@@ -152,7 +151,7 @@ async def until(predicate: Callable[[], Any], timeout: float, what: str,
 async def converged(*nodes: Node, timeout: float = 5.0) -> None:
     """Every node knows every other one (through gossip)."""
     names = {n.name for n in nodes}
-    await until(lambda: all({m.name for m in NodeHandle(n).members()} == names
+    await until(lambda: all({m.name for m in n.core.extensions.api.members()} == names
                             for n in nodes), timeout, f"{sorted(names)} to know each other")
 
 
@@ -172,7 +171,7 @@ def events(node: Node, kind: str | None = None) -> list[dict[str, Any]]:
 
 def key_homed_on(node: Node, owner: str, prefix: str = "k") -> str:
     """A key whose (n=1) home, as ``node`` sees the ring, is ``owner``."""
-    handle = NodeHandle(node)
+    handle = node.core.extensions.api
     for i in range(10_000):
         key = f"{prefix}-{i}"
         if handle.preference_list("default", key)[0] == owner:
@@ -542,7 +541,7 @@ def test_a_one_way_message_the_peer_refuses_gets_no_reply_either() -> None:
                     5, "a to reach b")
                 stale = (await c.status())["stale_replies"]
                 await c.request("probe.tell", {"peer": "wd", "text": "-", "body": {"x": 1}})
-                await until(lambda: b.status_document()["malformed_frames"], 3,
+                await until(lambda: b.core.status_document()["malformed_frames"], 3,
                             "b to refuse the note")
                 await asyncio.sleep(0.2)
                 assert (await c.status())["stale_replies"] == stale
@@ -571,16 +570,17 @@ def test_started_and_stopping_hooks_are_called_once_each() -> None:
 
 
 def test_membership_hook_on_join_and_removal_and_raising_hooks_are_isolated() -> None:
-    """Two nodes loading ``faulty`` (every hook raises) *before* ``recorder``."""
+    """Two nodes loading ``faulty`` (every hook raises) *after* ``recorder``, so that pluggy's
+    order (the plugin registered last first) calls it first."""
 
     async def scenario() -> None:
         faulty = plugin("faulty")
         detector = {"plugin": "timeout", "silence_timeout": 0.3}
-        a = make_node("ma", "faulty", "recorder", failure_detector=detector)
-        listeners = a.registry.listeners("dynamo_membership_changed")
+        a = make_node("ma", "recorder", "faulty", failure_detector=detector)
+        listeners = a.core.registry.listeners("dynamo_membership_changed")
         assert listeners.index("faulty") < listeners.index("recorder")
         async with running(a) as nodes, client(a) as c:
-            b = await nodes.start(make_node("mb", "faulty", "recorder", seeds=(a.listen,)))
+            b = await nodes.start(make_node("mb", "recorder", "faulty", seeds=(a.listen,)))
             await converged(a, b)
             def joined(node: Node) -> bool:  # mb joins, then is up once its ranges filled
                 seen = events(node, "membership")
@@ -607,7 +607,7 @@ def test_membership_hook_on_join_and_removal_and_raising_hooks_are_isolated() ->
                                           "sender": "mb"}]
             # a's failure detector gives up on b: an opinion, not a membership change.
             seen = len(events(a, "membership"))
-            await until(lambda: [m.state for m in NodeHandle(a).members()] == ["up", "down"],
+            await until(lambda: [m.state for m in a.core.extensions.api.members()] == ["up", "down"],
                         5, "a to consider b down")
             assert len(events(a, "membership")) == seen
 
@@ -863,7 +863,7 @@ def test_metrics_snapshot_counts_requests_by_op_and_outcome_forwarded_once() -> 
                     assert (await c.get(k, node=b.listen)).values == [1]
                 with pytest.raises(InvalidRequest):
                     await c.get("m-0", r=3, node=a.listen)
-                forwarded = sum(NodeHandle(a).preference_list("default", k)[0] == "gb"
+                forwarded = sum(a.core.extensions.api.preference_list("default", k)[0] == "gb"
                                 for k in keys)
                 assert 0 < forwarded < len(keys)
                 return {n.name: await c.request("metrics.snapshot", node=n.listen)

@@ -1,0 +1,106 @@
+"""Simulated disks: a storage engine that survives simulated crashes and fails on demand.
+
+``sim-disk`` is registered per simulation (a plugin object handed to each node, no module
+global): its engines keep their bytes in the :class:`Disks` of the simulation, so a node
+that crashes and restarts finds exactly what its engine had acknowledged, as a durable
+engine after a kill -9 does. It is not power-safe, so a node that crashed starts a new
+actor epoch, as it would on diskcache. A disk fault makes writes raise ``OSError`` (a full
+or failing disk) until it is mended; reads keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ..api import StorageEngine, StorageFactory
+from ..hookspecs import hookimpl
+
+ENGINE = "sim-disk"
+
+
+class SimEngine:
+    """One engine's keys, in memory, owned by the simulation rather than the node."""
+
+    durable = True
+
+    def __init__(self, disks: Disks, owner: str) -> None:
+        self._disks = disks
+        self.owner = owner
+        self.data: dict[str, bytes] = {}
+
+    def _check(self) -> None:
+        if self.owner in self._disks.failing:
+            self._disks.write_errors += 1
+            raise OSError(5, f"simulated disk error on {self.owner}")
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        self._check()
+        if not isinstance(key, str) or not isinstance(value, bytes):
+            raise TypeError("storage keys must be str and values bytes")
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self._check()
+        self.data.pop(key, None)
+
+    def keys(self) -> Iterator[str]:
+        return iter(list(self.data))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def close(self) -> None:
+        """Nothing to release: the bytes stay with the simulation."""
+
+
+class Record:
+    """A node's ``node.cbor`` on its simulated disk."""
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+    def load(self) -> bytes | None:
+        return self.data
+
+    def save(self, data: bytes) -> None:
+        self.data = data
+
+
+class Disks:
+    """Every simulated disk of one simulation; a plugin offering the ``sim-disk`` engine.
+
+    An engine is named by its data directory (``sim/<node>`` and ``sim/<node>/hints``); the
+    owner, for disk faults, is the node name in it.
+    """
+
+    def __init__(self) -> None:
+        self.engines: dict[str, SimEngine] = {}
+        self.records: dict[str, Record] = {}
+        #: nodes whose disks fail every write right now
+        self.failing: set[str] = set()
+        self.write_errors = 0
+
+    @hookimpl
+    def dynamo_storage_engines(self) -> Mapping[str, StorageFactory]:
+        return {ENGINE: self.open}
+
+    def open(self, data_dir: str | None, options: Mapping[str, Any]) -> StorageEngine:
+        if data_dir is None:
+            raise ValueError(f"the {ENGINE} engine needs a data directory to name the disk")
+        engine = self.engines.get(data_dir)
+        if engine is None:
+            engine = self.engines[data_dir] = SimEngine(self, data_dir.split("/")[1])
+        return engine
+
+    def record(self, node: str) -> Record:
+        return self.records.setdefault(node, Record())
+
+    def wipe(self, node: str) -> None:
+        """Lose a node's disk entirely (a replaced machine)."""
+        for path in [p for p in self.engines if p.split("/")[1] == node]:
+            del self.engines[path]
+        self.records.pop(node, None)

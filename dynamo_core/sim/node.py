@@ -1,0 +1,177 @@
+"""A simulated node: the production :class:`~dynamo_core.core.NodeCore`, driven by the
+simulator's clock and network instead of asyncio and ZeroMQ.
+
+It is the simulator's twin of :class:`dynamo_core.node.Node`, and just as thin: feed the
+core what arrives, carry out its effects, arm one timer at ``core.next_timer()``. On top it
+has what only a simulation can do to a node: crash it (no clean stop; the engine keeps what
+it acknowledged), restart it, and skew its wall clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from random import Random
+
+from ..config import Config
+from ..core import Answer, Await, Connect, CoreEffect, Left, NodeCore, Transmit
+from ..transport import SendFailed
+from .disk import Disks
+from .network import Network, SimTransport
+from .world import World
+
+log = logging.getLogger(__name__)
+
+#: Wall-clock time at virtual time zero (any plausible epoch time will do).
+WALL_EPOCH = 1_800_000_000.0
+#: Timer firings at one virtual instant after which a node is declared live-locked.
+LIVELOCK_FIRINGS = 10_000
+
+
+class LiveLock(RuntimeError):
+    """A node's timer asked to fire again and again without time moving: a core bug."""
+
+
+class SimNode:
+    def __init__(self, world: World, network: Network, disks: Disks, name: str,
+                 address: str, config: Config, seeds: Sequence[str],
+                 plugins: Sequence[object] = ()) -> None:
+        self.world = world
+        self.network = network
+        self.disks = disks
+        self.name = name
+        self.address = address
+        self.config = config
+        self.seeds = tuple(seeds)
+        self.plugins = tuple(plugins)
+        #: monotonic clocks start anywhere: mixing two nodes' readings would show
+        self.mono_offset = world.rng.uniform(1_000.0, 100_000.0)
+        #: this node's wall clock minus true time (the skew fault changes it)
+        self.skew = 0.0
+        self.core: NodeCore | None = None
+        self.transport = SimTransport(network, name, address)
+        self.starts = 0
+        self.has_left = False
+        self._timer_token = 0
+        #: the virtual time and the core's monotonic time the timer is armed for
+        self._armed: float | None = None
+        self._armed_mono = 0.0
+        self._firings_at: tuple[float, int] = (-1.0, 0)
+
+    # ------------------------------------------------------------------ clocks
+
+    def monotonic(self) -> float:
+        return self.world.now + self.mono_offset
+
+    def wall(self) -> float:
+        return WALL_EPOCH + self.world.now + self.skew
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+    # ------------------------------------------------------------------ life and death
+
+    def boot(self, keep_stale_data: bool = False) -> None:
+        """Start the node on what its disk holds (nothing, the first time)."""
+        assert self.core is None, f"{self.name} is running"
+        data_dir = None if self.config.storage["engine"] == "memory" else f"sim/{self.name}"
+        self.core = NodeCore(
+            self.name, self.address, config=self.config,
+            rng=Random(self.world.rng.getrandbits(64)), wall_clock=self.wall,
+            data_dir=data_dir, record=self.disks.record(self.name), seeds=self.seeds,
+            keep_stale_data=keep_stale_data, plugins=(self.disks, *self.plugins))
+        self.starts += 1
+        self.transport.start(self._on_request, self._on_reply)
+        self.world.note(f"{self.name} starts (actor {self.core.actor})")
+        self._carry_out(self.core.start(self.monotonic()))
+
+    def crash(self) -> None:
+        """Gone at once, as after kill -9: no stop hook, no clean mark, timers dropped."""
+        if self.core is None:
+            return
+        self.transport.close()
+        self.core = None
+        self._disarm()
+        self.world.note(f"{self.name} crashes")
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM): hooks told, loops ended, the storage marked clean."""
+        if self.core is None:
+            return
+        core = self.core
+        self._carry_out(core.shutdown(self.monotonic()))
+        self.transport.close()
+        core.close(clean=True)
+        self.core = None
+        self._disarm()
+        self.world.note(f"{self.name} stops")
+
+    # ------------------------------------------------------------------ frames in
+
+    def _on_request(self, identity: bytes, frames: list[bytes]) -> None:
+        if self.core is not None:
+            self._carry_out(self.core.receive(identity, frames, self.monotonic()))
+
+    def _on_reply(self, address: str, frames: list[bytes]) -> None:
+        if self.core is not None:
+            self._carry_out(self.core.receive_reply(address, frames, self.monotonic()))
+
+    def _fire(self, token: int) -> None:
+        if token != self._timer_token or self.core is None:
+            return
+        # Virtual time and the node's monotonic clock differ by an offset: a sum may round
+        # a hair below what was armed, and the timer is due all the same.
+        due = max(self.monotonic(), self._armed_mono)
+        self._armed = None
+        at, count = self._firings_at
+        count = count + 1 if at == self.world.now else 1
+        self._firings_at = (self.world.now, count)
+        if count > LIVELOCK_FIRINGS:
+            raise LiveLock(f"{self.name}: timer fired {count} times at t={self.world.now} "
+                           f"without time moving (next_timer keeps saying now)")
+        self._carry_out(self.core.handle_timer(due))
+
+    # ------------------------------------------------------------------ effects out
+
+    def _carry_out(self, effects: list[CoreEffect]) -> None:
+        queue = deque(effects)
+        while queue and self.core is not None:
+            effect = queue.popleft()
+            if isinstance(effect, Transmit):
+                try:
+                    self.transport.send(effect.address, effect.frame)
+                except SendFailed as exc:
+                    queue.extend(self.core.send_failed(effect, str(exc), self.monotonic()))
+            elif isinstance(effect, Answer):
+                self.transport.reply(effect.identity, effect.frame)
+            elif isinstance(effect, Await):
+                # Extensions run on the core's own scheduler here (CoreEdge): none reach us.
+                queue.extend(self.core.resume(effect.resume, RuntimeError(
+                    "the simulator runs no asyncio code"), self.monotonic()))
+            elif isinstance(effect, Left):
+                self.has_left = True
+                self.world.note(f"{self.name} has left the cluster")
+            elif not isinstance(effect, Connect):
+                raise TypeError(f"unknown effect {effect!r}")
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.core is None:
+            return
+        when = self.core.next_timer()
+        if when is None:
+            self._disarm()
+            return
+        at = when - self.mono_offset
+        if at == self._armed:
+            return
+        self._timer_token += 1
+        self._armed, self._armed_mono = at, when
+        token = self._timer_token
+        self.world.at(at, lambda: self._fire(token))
+
+    def _disarm(self) -> None:
+        self._timer_token += 1
+        self._armed = None
