@@ -253,6 +253,26 @@ def cmd_bench(args: argparse.Namespace) -> str:
     return run_bench(args)
 
 
+def cmd_sim(args: argparse.Namespace) -> str:
+    from .sim import commands
+    try:
+        options = commands.options_from(
+            args.seed, args.seeds, nodes=args.nodes, clients=args.clients, ops=args.ops,
+            faults=commands.parse_faults(args.faults), keys=args.keys, think=args.think,
+            engine=args.engine, json=args.json,
+            shrink=not args.no_shrink, jobs=args.jobs)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    status = commands.run(options)
+    if status:
+        raise SimulationFailed()
+    return ""
+
+
+class SimulationFailed(Exception):
+    """``dynamo sim`` found a broken invariant (already reported on stdout)."""
+
+
 # ====================================================================== parser
 
 
@@ -370,6 +390,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--value-size", type=_positive(int), default=100)
     p.add_argument("--keys", type=_positive(int), default=1000)
     p.add_argument("--bucket", default="bench")
+
+    p = command("sim", cmd_sim, "a seeded, deterministic simulation of a whole cluster, "
+                                "with faults, judged by a history checker", client=False)
+    p.add_argument("--seed", type=int, help="the seed of one run")
+    p.add_argument("--seeds", help="a sweep: a range of seeds like 1-200")
+    p.add_argument("--nodes", type=_positive(int), default=5)
+    p.add_argument("--clients", type=_positive(int), default=4)
+    p.add_argument("--ops", type=_positive(int), default=300,
+                   help="client operations in all (default 300)")
+    p.add_argument("--faults", default="",
+                   help="fault kinds, comma-separated: partition,crash,loss,skew,disk")
+    p.add_argument("--keys", type=_positive(int), default=2,
+                   help="keys of each kind the clients share (default 2: many collisions)")
+    p.add_argument("--think", type=_positive(float), default=5.0,
+                   help="mean pause between a client's operations, in ms (default 5)")
+    p.add_argument("--engine", choices=["sim-disk", "memory", "diskcache"],
+                   help="storage engine (default sim-disk: durable across simulated "
+                        "crashes, with injectable disk errors)")
+    p.add_argument("--no-shrink", action="store_true",
+                   help="on a failure, do not look for a smaller failing run")
+    p.add_argument("--jobs", type=_positive(int), default=1,
+                   help="seeds simulated at once in a sweep (processes)")
     return parser
 
 
@@ -382,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (DynamoError, ConfigError, OSError) as exc:
         print(f"dynamo {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except SimulationFailed:
         return 1
     except KeyboardInterrupt:
         return 130

@@ -7,17 +7,24 @@ and fail on demand (:mod:`.disk`), clients that record what they were told (:mod
 and a checker that judges the history (:mod:`.checker`). The same seed gives the same run,
 event for event (``trace_sha256``), thousands of times faster than real time.
 
-Plugin authors can drive it from their own tests::
+Plugin authors can drive it from their own tests, as a whole randomized run::
 
     from dynamo_core.sim import Spec, simulate
 
     report = simulate(Spec(seed=7, nodes=5, ops=500, faults=frozenset({"crash"}),
                            plugins=(my_plugin,)))
     assert report.ok, report.verdict.findings()
+
+or step by step, as a scenario (:class:`SimCluster`)::
+
+    cluster = SimCluster(3, seed=1, plugins=(my_plugin,))
+    cluster.start()
+    cluster.client().put("k", "v")
 """
 
 from .checker import Finding, Verdict, check
+from .harness import BASE_CONFIG, ScriptClient, SimCluster
 from .run import FAULT_KINDS, Report, Simulation, Spec, parse_seeds, shrink, simulate
 
-__all__ = ["FAULT_KINDS", "Finding", "Report", "Simulation", "Spec", "Verdict", "check",
-           "parse_seeds", "shrink", "simulate"]
+__all__ = ["BASE_CONFIG", "FAULT_KINDS", "Finding", "Report", "ScriptClient", "SimCluster",
+           "Simulation", "Spec", "Verdict", "check", "parse_seeds", "shrink", "simulate"]

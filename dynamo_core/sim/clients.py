@@ -64,8 +64,8 @@ class Workload:
     """What clients do: how many operations, on how many keys, in what mix."""
 
     ops: int
-    cart_keys: int = 4
-    register_keys: int = 4
+    cart_keys: int = 2
+    register_keys: int = 2
     #: relative weights of cart adds, register puts, deletes and reads
     mix: tuple[float, float, float, float] = (0.5, 0.3, 0.05, 0.15)
     #: mean pause between two operations of one client (exponential), seconds

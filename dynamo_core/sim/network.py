@@ -54,6 +54,8 @@ class Conditions:
     duplicate: float = 0.0
     #: directed links (sender name, receiver name) that carry nothing
     cut: set[tuple[str, str]] = field(default_factory=set)
+    #: seconds added to every frame on a directed link (a slow or distant peer)
+    extra_delay: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 class Network:
@@ -124,8 +126,9 @@ class Network:
             return
         copies = 2 if between_nodes and c.duplicate and self.rng.random() < c.duplicate else 1
         self.duplicated += copies - 1
+        base = c.latency + c.extra_delay.get((src, dst.name), 0.0)
         for _ in range(copies):
-            delay = c.latency + self.rng.expovariate(1.0 / c.jitter) if c.jitter else c.latency
+            delay = base + self.rng.expovariate(1.0 / c.jitter) if c.jitter else base
             self.world.after(delay, self._arrival(src, dst.name, frame, deliver))
 
     def _arrival(self, src: str, dst: str, frame: bytes,

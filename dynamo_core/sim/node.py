@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from random import Random
+from typing import Any
 
 from ..config import Config
 from ..core import Answer, Await, Connect, CoreEffect, Left, NodeCore, Transmit
@@ -36,7 +37,7 @@ class LiveLock(RuntimeError):
 class SimNode:
     def __init__(self, world: World, network: Network, disks: Disks, name: str,
                  address: str, config: Config, seeds: Sequence[str],
-                 plugins: Sequence[object] = ()) -> None:
+                 plugins: Sequence[object] = (), data_dir: str | None = None) -> None:
         self.world = world
         self.network = network
         self.disks = disks
@@ -45,6 +46,9 @@ class SimNode:
         self.config = config
         self.seeds = tuple(seeds)
         self.plugins = tuple(plugins)
+        #: where its engines keep their data: a name on the simulated disks, a real
+        #: directory for an engine that writes files, nothing for the memory engine
+        self.data_dir = data_dir
         #: monotonic clocks start anywhere: mixing two nodes' readings would show
         self.mono_offset = world.rng.uniform(1_000.0, 100_000.0)
         #: this node's wall clock minus true time (the skew fault changes it)
@@ -58,6 +62,10 @@ class SimNode:
         self._armed: float | None = None
         self._armed_mono = 0.0
         self._firings_at: tuple[float, int] = (-1.0, 0)
+        #: paused (SIGSTOP): what arrives waits here, timers wait, until it is resumed
+        self.paused = False
+        self._backlog: list[tuple[bool, Any, list[bytes]]] = []
+        self._timer_due = False
 
     # ------------------------------------------------------------------ clocks
 
@@ -73,25 +81,40 @@ class SimNode:
 
     # ------------------------------------------------------------------ life and death
 
-    def boot(self, keep_stale_data: bool = False) -> None:
-        """Start the node on what its disk holds (nothing, the first time)."""
+    def boot(self, keep_stale_data: bool = False) -> bool:
+        """Start the node on what its disk holds (nothing, the first time).
+
+        False if it could not start (a failing disk, say), as a real process would exit.
+        """
         assert self.core is None, f"{self.name} is running"
-        data_dir = None if self.config.storage["engine"] == "memory" else f"sim/{self.name}"
         self.core = NodeCore(
             self.name, self.address, config=self.config,
             rng=Random(self.world.rng.getrandbits(64)), wall_clock=self.wall,
-            data_dir=data_dir, record=self.disks.record(self.name), seeds=self.seeds,
+            data_dir=self.data_dir, record=self.disks.record(self.name), seeds=self.seeds,
             keep_stale_data=keep_stale_data, plugins=(self.disks, *self.plugins))
         self.starts += 1
         self.transport.start(self._on_request, self._on_reply)
         self.world.note(f"{self.name} starts (actor {self.core.actor})")
-        self._carry_out(self.core.start(self.monotonic()))
+        try:
+            effects = self.core.start(self.monotonic())
+        except Exception as exc:  # noqa: BLE001 - a process that cannot start exits
+            self.world.note(f"{self.name} failed to start: {exc}")
+            self.transport.close()
+            self.core.close(clean=False)
+            self.core = None
+            return False
+        self._carry_out(effects)
+        return True
 
     def crash(self) -> None:
         """Gone at once, as after kill -9: no stop hook, no clean mark, timers dropped."""
         if self.core is None:
             return
         self.transport.close()
+        self.paused, self._backlog, self._timer_due = False, [], False
+        # Only the engines' handles go (a real process's die with it); nothing is marked,
+        # nothing is flushed beyond what each acknowledged write already made durable.
+        self.core.close(clean=False)
         self.core = None
         self._disarm()
         self.world.note(f"{self.name} crashes")
@@ -110,16 +133,40 @@ class SimNode:
 
     # ------------------------------------------------------------------ frames in
 
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): it keeps its connections and state, answers
+        nothing, and its timers stand still; frames sent to it wait in its queues."""
+        self.paused = True
+        self.world.note(f"{self.name} paused")
+
+    def resume(self) -> None:
+        """Thaw it (SIGCONT): it reads what queued up, in order, and its timers catch up."""
+        self.paused = False
+        self.world.note(f"{self.name} resumed")
+        backlog, self._backlog = self._backlog, []
+        for is_request, origin, frames in backlog:
+            (self._on_request if is_request else self._on_reply)(origin, frames)
+        if self._timer_due:
+            self._timer_due = False
+            self._fire(self._timer_token)
+
     def _on_request(self, identity: bytes, frames: list[bytes]) -> None:
-        if self.core is not None:
+        if self.paused:
+            self._backlog.append((True, identity, frames))
+        elif self.core is not None:
             self._carry_out(self.core.receive(identity, frames, self.monotonic()))
 
     def _on_reply(self, address: str, frames: list[bytes]) -> None:
-        if self.core is not None:
+        if self.paused:
+            self._backlog.append((False, address, frames))
+        elif self.core is not None:
             self._carry_out(self.core.receive_reply(address, frames, self.monotonic()))
 
     def _fire(self, token: int) -> None:
         if token != self._timer_token or self.core is None:
+            return
+        if self.paused:
+            self._timer_due = True
             return
         # Virtual time and the node's monotonic clock differ by an offset: a sum may round
         # a hair below what was armed, and the timer is due all the same.

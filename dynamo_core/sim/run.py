@@ -14,39 +14,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .. import config as config_mod
-from ..merkle import key_digest
-from ..ring import key_hash
 from ..versions import Version, live, reconcile
 from .checker import Verdict, check
 from .clients import CART_BUCKET, REGISTER_BUCKET, History, SimClient, Workload
-from .disk import ENGINE, Disks
-from .network import Network
+from .harness import BASE_CONFIG, SETTLE_SECONDS, SimCluster
 from .node import SimNode
-from .world import World
 
 FAULT_KINDS = ("partition", "crash", "loss", "skew", "disk")
-#: Virtual seconds the cluster gets to find itself before clients start.
-SETTLE_SECONDS = 3.0
 #: Virtual seconds within which replicas must converge once every fault healed.
 CONVERGE_SECONDS = 120.0
 #: How often convergence and the queue bounds are looked at, in virtual seconds.
 CHECK_EVERY = 0.5
 #: The longest the operations may take, in virtual seconds (a stuck run ends here).
 OPS_DEADLINE = 3600.0
-
-#: The configuration every simulated node runs with, before a spec's own overrides.
-BASE_CONFIG: dict[str, Any] = {
-    "storage": {"engine": ENGINE},
-    "buckets": {CART_BUCKET: {"resolver": "cart-union"}},
-    # Hints outlive any outage a run makes; tombstones are reaped within a run.
-    "handoff": {"max_age": 45.0},
-    "tombstones": {"grace": 60.0},
-    # Every crash starts an actor epoch: room in the clocks, so that truncation (a
-    # documented source of false siblings) does not blur what the checker judges.
-    "limits": {"max_clock_entries": 100},
-}
-
 
 @dataclass(frozen=True)
 class Spec:
@@ -57,6 +37,10 @@ class Spec:
     clients: int = 4
     ops: int = 300
     faults: frozenset[str] = frozenset()
+    #: keys of each kind (carts, registers) the clients share: fewer keys, more collisions
+    keys: int = 2
+    #: mean pause between two operations of one client, in seconds
+    think: float = 0.005
     #: configuration overrides, as the TOML file's tables would give them
     config: Mapping[str, Any] = field(default_factory=dict)
     #: extra plugin objects every node loads (a test's recorder, say)
@@ -67,14 +51,18 @@ class Spec:
         if unknown:
             raise ValueError(f"unknown fault kind(s) {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(FAULT_KINDS)}")
-        if self.nodes < 1 or self.clients < 1 or self.ops < 0:
-            raise ValueError("nodes and clients must be at least 1, ops at least 0")
+        if self.nodes < 1 or self.clients < 1 or self.ops < 0 or self.keys < 1:
+            raise ValueError("nodes, clients and keys must be at least 1, ops at least 0")
+        if not self.think > 0:
+            raise ValueError("the think time must be above 0")
 
     def command(self) -> str:
         """The command line that replays this run."""
         faults = f" --faults {','.join(sorted(self.faults))}" if self.faults else ""
+        workload = "" if (self.keys, self.think) == (2, 0.005) else \
+            f" --keys {self.keys} --think {self.think * 1000:g}"
         return (f"dynamo sim --seed {self.seed} --nodes {self.nodes} --clients "
-                f"{self.clients} --ops {self.ops}{faults}")
+                f"{self.clients} --ops {self.ops}{faults}{workload}")
 
 
 @dataclass
@@ -124,24 +112,21 @@ class Simulation:
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
-        self.world = World(spec.seed)
-        self.network = Network(self.world)
-        self.disks = Disks()
-        self.config = config_mod.from_mapping(_merge(BASE_CONFIG, spec.config))
+        self.cluster = SimCluster(spec.nodes, seed=spec.seed, config=spec.config,
+                                  plugins=spec.plugins)
+        self.world = self.cluster.world
+        self.network = self.cluster.network
+        self.disks = self.cluster.disks
+        self.config = self.cluster.config
+        self.nodes = self.cluster.nodes
         self.rng = self.world.rng
-        names = [f"n{i}" for i in range(1, spec.nodes + 1)]
-        self.addresses = {name: f"tcp://{name}.sim:7100" for name in names}
-        self.nodes = {name: SimNode(self.world, self.network, self.disks, name,
-                                    self.addresses[name], self.config,
-                                    [a for n, a in self.addresses.items() if n != name],
-                                    spec.plugins)
-                      for name in names}
         self.history = History()
-        self.workload = Workload(ops=spec.ops)
+        self.workload = Workload(ops=spec.ops, cart_keys=spec.keys, register_keys=spec.keys,
+                                 think=spec.think)
         self._ops_left = spec.ops
         self.clients = [SimClient(f"c{i}", self.world, self.network,
-                                  list(self.addresses.values()), self.history, self.workload,
-                                  self._take_op)
+                                  [self.cluster.address(n) for n in self.nodes], self.history,
+                                  self.workload, self._take_op)
                         for i in range(1, spec.clients + 1)]
         self.faults_applied: list[str] = []
         self._heals: dict[int, Callable[[], None]] = {}
@@ -156,10 +141,14 @@ class Simulation:
     # ------------------------------------------------------------------ the run
 
     def run(self) -> Report:
+        try:
+            return self._run()
+        finally:
+            self.cluster.close()
+
+    def _run(self) -> Report:
         started = time.monotonic()
-        for node in self.nodes.values():
-            node.boot()
-        self.world.run_until(SETTLE_SECONDS)
+        self.cluster.start(SETTLE_SECONDS)
         for client in self.clients:
             client.start()
         if self.spec.faults:
@@ -194,7 +183,7 @@ class Simulation:
     # ------------------------------------------------------------------ faults
 
     def _next_fault(self) -> None:
-        self.world.after(self.rng.uniform(0.2, 2.0), self._inject)
+        self.world.after(self.rng.uniform(0.05, 0.5), self._inject)
 
     def _inject(self) -> None:
         if self._clients_done():
@@ -205,7 +194,7 @@ class Simulation:
             self._fault_ids += 1
             fault_id = self._fault_ids
             self._heals[fault_id] = heal
-            self.world.after(self.rng.uniform(0.5, 5.0), lambda: self._heal(fault_id))
+            self.world.after(self.rng.uniform(0.1, 2.0), lambda: self._heal(fault_id))
         self._next_fault()
 
     def _heal(self, fault_id: int) -> None:
@@ -238,9 +227,12 @@ class Simulation:
         self._applied(f"{node.name} {'stopped' if clean else 'crashed'}")
 
         def restart() -> None:
-            if not node.up:
-                node.boot()
+            if node.up:
+                return
+            if node.boot():
                 self._applied(f"{node.name} restarted")
+            else:  # its disk fails: an operator (or systemd) tries again a bit later
+                self.world.after(1.0, restart)
         return restart
 
     def _fault_partition(self) -> Callable[[], None]:
@@ -334,32 +326,8 @@ class Simulation:
         return [*((CART_BUCKET, f"cart{i}") for i in range(w.cart_keys)),
                 *((REGISTER_BUCKET, f"reg{i}") for i in range(w.register_keys))]
 
-    def _homes(self, bucket: str, key: str) -> list[SimNode]:
-        core = next(n.core for n in self._up() if n.core is not None)
-        names = core.membership.ring.preference_list(key_hash(bucket, key),
-                                                     self.config.bucket(bucket).n)
-        return [self.nodes[name] for name in names]
-
     def _divergence(self) -> str | None:
-        """Why the replicas have not converged yet, or None once they have."""
-        up = [n for n in self._up() if not n.has_left]
-        if len(up) < len(self.nodes):
-            return f"{len(self.nodes) - len(up)} nodes are down"
-        rings = {_ring_signature(n) for n in up}
-        if len(rings) > 1:
-            return "the nodes see different rings"
-        for node in up:
-            assert node.core is not None
-            if node.core.hints.pending():
-                return f"{node.name} still holds {node.core.hints.pending()} hints"
-            if node.core.anti_entropy.stats()["unowned"]:
-                return f"{node.name} still holds keys it no longer replicates"
-        for bucket, key in self._keys():
-            digests = {key_digest(n.core.store.read(bucket, key))  # type: ignore[union-attr]
-                       for n in self._homes(bucket, key)}
-            if len(digests) > 1:
-                return f"the replicas of {bucket}/{key} differ"
-        return None
+        return self.cluster.divergence(self._keys())
 
     def _await_convergence(self, since: float) -> float | None:
         while self.world.now - since <= CONVERGE_SECONDS:
@@ -380,21 +348,6 @@ class Simulation:
                     versions.extend(hinted)
             final[(bucket, key)] = [v.value for v in live(reconcile(versions))]
         return final
-
-
-def _ring_signature(node: SimNode) -> tuple[Any, ...]:
-    assert node.core is not None
-    return tuple((m.name, m.status, m.tokens) for m in node.core.membership.live_members())
-
-
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def simulate(spec: Spec) -> Report:
@@ -424,8 +377,15 @@ def shrink(spec: Spec, report: Report, fails: Callable[[Report], bool] | None = 
             return True
         return False
 
-    while best.ops > 1 and attempt(replace(best, ops=best.ops // 2)):
-        pass
+    # Fewer operations replay the same run up to where the clients stop, so the failure
+    # stays once enough operations ran: bisect for that point.
+    passing = 0
+    while best.ops - passing > max(1, best.ops // 32):
+        middle = (passing + best.ops) // 2
+        if not attempt(replace(best, ops=middle)):
+            if tries >= budget:
+                break
+            passing = middle
     for kind in sorted(best.faults):
         attempt(replace(best, faults=best.faults - {kind}))
     while best.clients > 1 and attempt(replace(best, clients=best.clients - 1)):
