@@ -14,5 +14,16 @@ from .errors import (
     Unavailable,
 )
 
-__all__ = ["AsyncClient", "Bucket", "Client", "GetResult", "DynamoError", "InvalidRequest",
-           "Overloaded", "QuorumNotMet", "ResolverFailed", "Timeout", "Unavailable"]
+__all__ = [
+    "AsyncClient",
+    "Bucket",
+    "Client",
+    "DynamoError",
+    "GetResult",
+    "InvalidRequest",
+    "Overloaded",
+    "QuorumNotMet",
+    "ResolverFailed",
+    "Timeout",
+    "Unavailable",
+]

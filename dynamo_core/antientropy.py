@@ -276,7 +276,7 @@ class AntiEntropy:
         if self._ring is not None:
             self._classify(bucket, key, new)
 
-    def _tree(self, body: dict[str, Any]):
+    def _tree(self, body: dict[str, Any]) -> MerkleTree:
         trees = self.trees.get(body["n"])
         tree = trees.tree_of_range(body["start"], body["end"]) if trees else None
         if tree is None or tree.depth != body["depth"]:
@@ -350,7 +350,7 @@ class AntiEntropy:
             reply = await self._call(peer, "ae_roots", {
                 "n": n, "depth": self.depth, "ranges": [list(r) for r in chunk]})
             self.exchanges += 1
-            for (start, end), root in zip(chunk, reply["roots"]):
+            for (start, end), root in zip(chunk, reply["roots"], strict=True):
                 tree = trees.tree_of_range(start, end)
                 if root is not None and tree is not None and tree.root() != root:
                     await self._repair_range(peer, n, tree)
@@ -531,7 +531,7 @@ class AntiEntropy:
         lagging = None in roots and self._waiting_for_view(peer)
         if None not in roots:
             self._lagging.pop(peer, None)
-        for item, root in zip(chunk, roots):
+        for item, root in zip(chunk, roots, strict=True):
             if root is None:
                 if lagging:
                     continue  # its ring is not this one yet: ask again next round

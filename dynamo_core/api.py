@@ -11,16 +11,12 @@ and types from one place.
 from __future__ import annotations
 
 import dataclasses
-import random
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from random import Random
 from typing import (
     Any,
-    Awaitable,
-    Callable,
-    Iterator,
-    Mapping,
     Protocol,
-    Sequence,
     runtime_checkable,
 )
 
@@ -28,7 +24,7 @@ from .errors import DynamoError, InvalidRequest, Overloaded, Unavailable
 from .ring import MAX_PARTITIONS, RING_BITS, RING_SIZE, partition_ends
 from .wire import Field, anything, integer, list_of, of_type, text
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by purpose, not sorted
     # the ring, for partition strategies
     "MAX_PARTITIONS", "RING_BITS", "RING_SIZE", "partition_ends", "MemberInfo",
     "PartitionStrategy",
@@ -147,7 +143,7 @@ class PartitionStrategy(Protocol):
         ...
 
     def initial_tokens(
-        self, name: str, capacity: int, options: Mapping[str, Any], rng: random.Random
+        self, name: str, capacity: int, options: Mapping[str, Any], rng: Random
     ) -> list[int]:
         """Tokens a brand-new member announces through gossip (may be none)."""
         ...
@@ -215,7 +211,7 @@ class NodeAPI(Protocol):
     name: str
     address: str
     #: randomness for plugins, seeded per node (tests can make it deterministic)
-    rng: random.Random
+    rng: Random
 
     def now(self) -> float:
         """The node's clock, in seconds (wall clock)."""
@@ -303,7 +299,7 @@ class PeriodicTask:
 
     name: str
     interval: float
-    run: Callable[[NodeAPI], "Awaitable[None] | None"]
+    run: Callable[[NodeAPI], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import random
 import subprocess
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import zmq
 
@@ -34,7 +35,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
 
     def rank(p: float) -> float:
-        index = min(len(ordered) - 1, max(0, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+        index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))
         return ordered[index] * 1000
 
     return {"p50": rank(50), "p99": rank(99), "p99.9": rank(99.9)}

@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from . import config as config_mod
 from .client import DEFAULT_BUCKET, Client
@@ -57,7 +58,8 @@ def _dump(value: Any) -> str:
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
 
 
 # ====================================================================== data commands
@@ -197,7 +199,8 @@ def cmd_plugins(args: argparse.Namespace) -> str:
     registry = Registry(make_plugin_manager(cfg.plugin_modules))
     dists = {name: f"{dist.project_name} {dist.version}"
              for name, dist in _plugin_distributions(registry)}
-    where = lambda plugin: dists.get(plugin, "config [plugins] modules")  # noqa: E731
+    def where(plugin: str) -> str:
+        return dists.get(plugin, "config [plugins] modules")
     doc = {kind: [{"name": n, "plugin": registry.source(kind, n),
                    "from": where(registry.source(kind, n))}
                   for n in registry.names(kind)] for kind in registry.KINDS}
@@ -305,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dynamo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, fn: Callable, help_text: str, *, client: bool = True,
-                json_out: bool = True) -> argparse.ArgumentParser:
+    def command(name: str, fn: Callable[[argparse.Namespace], str], help_text: str, *,
+                client: bool = True, json_out: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(fn=fn)
         if client:

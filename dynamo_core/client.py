@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, cast
 
 import zmq
 
 from . import errors
-from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
 from .api import Resolver, Sibling
+from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
 from .transport import SocketReader, configure
 from .versions import context_from_text
 from .wire import Codec, Message, check_value
@@ -188,7 +189,7 @@ class Client:
         self._req = _Requests(nodes, timeout)
         self.default_bucket = bucket
         self._ctx = zmq.Context()
-        self._socks: dict[str, zmq.Socket] = {}
+        self._socks: dict[str, zmq.Socket[bytes]] = {}
 
     # ------------------------------------------------------------------ data
 
@@ -207,7 +208,7 @@ class Client:
             bucket: str | None = None, node: str | None = None) -> bytes:
         """Write ``value``; returns the new context (it supersedes what ``context`` did)."""
         body = self._req.put_body(bucket or self.default_bucket, key, value, context, w, False)
-        return self._call("put", body, node)["context"]
+        return cast(bytes, self._call("put", body, node)["context"])
 
     def delete(self, key: str, context: Any = None, w: int | None = None, *,
                bucket: str | None = None, node: str | None = None) -> bytes:
@@ -216,7 +217,7 @@ class Client:
         if context is None:
             context = self.get(key, bucket=bucket, node=node, resolve=False).context
         body = self._req.put_body(bucket or self.default_bucket, key, None, context, w, True)
-        return self._call("delete", body, node)["context"]
+        return cast(bytes, self._call("delete", body, node)["context"])
 
     def bucket(self, name: str) -> Bucket:
         return Bucket(self, name)
@@ -224,19 +225,19 @@ class Client:
     # ------------------------------------------------------------------ operators
 
     def status(self, node: str | None = None) -> dict[str, Any]:
-        return self._call("status", {}, node)["status"]
+        return cast(dict[str, Any], self._call("status", {}, node)["status"])
 
     def inspect(self, key: str, node: str, bucket: str | None = None) -> dict[str, Any]:
         body = self._req.key_body(bucket or self.default_bucket, key)
-        return self._call("inspect", body, node)["inspect"]
+        return cast(dict[str, Any], self._call("inspect", body, node)["inspect"])
 
     def preflist(self, key: str, bucket: str | None = None,
                  node: str | None = None) -> dict[str, Any]:
         body = self._req.key_body(bucket or self.default_bucket, key)
-        return self._call("preflist", body, node)["preflist"]
+        return cast(dict[str, Any], self._call("preflist", body, node)["preflist"])
 
     def ping(self, node: str | None = None) -> str:
-        return self._call("ping", {}, node).get("node", "")
+        return str(self._call("ping", {}, node).get("node", ""))
 
     def request(self, msg_type: str, body: dict[str, Any] | None = None,
                 node: str | None = None) -> dict[str, Any]:
@@ -264,7 +265,7 @@ class Client:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _socket(self, address: str) -> zmq.Socket:
+    def _socket(self, address: str) -> zmq.Socket[bytes]:
         sock = self._socks.get(address)
         if sock is None:
             sock = self._ctx.socket(zmq.DEALER)
@@ -283,7 +284,7 @@ class Client:
         deadline = time.monotonic() + self._req.timeout
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(remaining * 1000, zmq.POLLIN):
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                 self._req.timed_out(address)
                 raise Timeout(f"{msg_type} to {address} got no answer within "
                               f"{self._req.timeout:g}s")
@@ -334,7 +335,7 @@ class AsyncClient:
         self.default_bucket = bucket
         self._ctx = zmq.Context()
         self._readers: dict[str, SocketReader] = {}
-        self._waiting: dict[int, asyncio.Future] = {}
+        self._waiting: dict[int, asyncio.Future[Message]] = {}
 
     async def get(self, key: str, r: int | None = None, *, bucket: str | None = None,
                   resolve: bool = True, node: str | None = None) -> GetResult:
@@ -350,7 +351,7 @@ class AsyncClient:
     async def put(self, key: str, value: Any, context: Any = None, w: int | None = None, *,
                   bucket: str | None = None, node: str | None = None) -> bytes:
         body = self._req.put_body(bucket or self.default_bucket, key, value, context, w, False)
-        return (await self._call("put", body, node))["context"]
+        return cast(bytes, (await self._call("put", body, node))["context"])
 
     async def delete(self, key: str, context: Any = None, w: int | None = None, *,
                      bucket: str | None = None, node: str | None = None) -> bytes:
@@ -358,16 +359,16 @@ class AsyncClient:
         if context is None:
             context = (await self.get(key, bucket=bucket, node=node, resolve=False)).context
         body = self._req.put_body(bucket or self.default_bucket, key, None, context, w, True)
-        return (await self._call("delete", body, node))["context"]
+        return cast(bytes, (await self._call("delete", body, node))["context"])
 
     def bucket(self, name: str) -> Bucket:
         return Bucket(self, name)
 
     async def status(self, node: str | None = None) -> dict[str, Any]:
-        return (await self._call("status", {}, node))["status"]
+        return cast(dict[str, Any], (await self._call("status", {}, node))["status"])
 
     async def ping(self, node: str | None = None) -> str:
-        return (await self._call("ping", {}, node)).get("node", "")
+        return str((await self._call("ping", {}, node)).get("node", ""))
 
     async def request(self, msg_type: str, body: dict[str, Any] | None = None,
                       node: str | None = None) -> dict[str, Any]:
@@ -411,7 +412,7 @@ class AsyncClient:
                 reader.poke()
             async with asyncio.timeout(self._req.timeout):  # wait_for can swallow a cancel
                 msg = await waiter
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._req.timed_out(address)
             raise Timeout(f"{msg_type} to {address} got no answer within "
                           f"{self._req.timeout:g}s") from None

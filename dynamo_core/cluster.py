@@ -8,6 +8,7 @@ the kernel to kill them if this process dies, so none is ever left behind.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -28,10 +29,8 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM this process when its parent goes away (Linux)."""
-    try:
+    with contextlib.suppress(OSError):  # not Linux: the children outlive a killed parent
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def node_command(i: int, base_port: int, count: int, data_dir: str, config: str | None,
@@ -66,7 +65,7 @@ def run_cluster(count: int, base_port: int, data_dir: str, config: str | None,
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for i in range(1, count + 1):
             cmd = node_command(i, base_port, count, data_dir, config, log_level)
@@ -88,7 +87,7 @@ def run_cluster(count: int, base_port: int, data_dir: str, config: str | None,
     return "cluster stopped"
 
 
-def stop_processes(procs: list[subprocess.Popen], sig: int = signal.SIGTERM,
+def stop_processes(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGTERM,
                    grace: float = STOP_GRACE_SECONDS) -> None:
     """Signal every process, give them ``grace`` seconds together, then SIGKILL the rest."""
     for proc in procs:
@@ -140,10 +139,13 @@ class LocalCluster:
         self.config_toml = config_toml
         self.log_level = log_level
         self.ready_timeout = ready_timeout
-        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="dynamo-")
-        self.data_dir = data_dir or self._tmp.name
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="dynamo-")
+            data_dir = self._tmp.name
+        self.data_dir: str = data_dir
         self.addresses = [f"tcp://127.0.0.1:{port}" for port in _free_ports(nodes)]
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
     def names(self) -> list[str]:
@@ -175,7 +177,7 @@ class LocalCluster:
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
-        problem = "no node answered yet"
+        problem: str | None = "no node answered yet"
         with Client(self.addresses, timeout=1.0) as client:
             while time.monotonic() < deadline:
                 for name, proc in self.procs.items():

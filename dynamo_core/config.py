@@ -7,9 +7,10 @@ should not quietly leave a bucket at the wrong quorum.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 from .wire import DEFAULT_MAX_MESSAGE_BYTES, MAX_BUCKET_CHARS, is_bucket_name

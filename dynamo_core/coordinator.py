@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, Union
+from typing import Any, Protocol
 
 from . import errors
+from .api import DELETED, Resolver, Sibling
 from .errors import (
     DynamoError,
     InvalidRequest,
@@ -42,7 +44,6 @@ from .errors import (
     Timeout,
     Unavailable,
 )
-from .api import DELETED, Resolver, Sibling
 from .versions import (
     Clock,
     Dot,
@@ -105,7 +106,7 @@ class PeerFailed:
     peer: str
 
 
-Effect = Union[Send, Reply, Fail, PeerFailed]
+Effect = Send | Reply | Fail | PeerFailed
 
 
 # ====================================================================== requests
@@ -407,7 +408,7 @@ class Coordinator:
         are dropped and counted: ZeroMQ may deliver them long after we gave up.
         """
         entry = self._sent.get(req_id) if req_id is not None else None
-        if entry is None or entry[1] != peer:
+        if req_id is None or entry is None or entry[1] != peer:
             self.stale_replies += 1
             return []
         del self._sent[req_id]

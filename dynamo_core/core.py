@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from random import Random
-from typing import Any, Protocol, TypeVar, Union
+from typing import Any, Protocol, TypeVar
 
 import cbor2
 
@@ -131,7 +131,7 @@ class Left:
     """This node has left the cluster: its driver should stop it."""
 
 
-CoreEffect = Union[Transmit, Answer, Connect, Await, Left]
+CoreEffect = Transmit | Answer | Connect | Await | Left
 
 
 @dataclass(frozen=True)
@@ -446,7 +446,7 @@ class NodeCore:
         the node keeps its timers (a bug in one must not stop every deadline for good)."""
         try:
             step()
-        except Exception as exc:  # counted and logged: the point is to survive anything
+        except Exception as exc:  # noqa: BLE001 - counted and logged: survive anything
             self._loop_failed(what, exc)
 
     def _loop_failed(self, what: str, exc: BaseException, then: str = "carrying on") -> None:
@@ -647,7 +647,7 @@ class NodeCore:
             try:
                 await loop()
                 return
-            except Exception as exc:  # the point is to survive anything
+            except Exception as exc:  # noqa: BLE001 - the point is to survive anything
                 delay = LOOP_BACKOFF_MIN if self._now - started > LOOP_HEALTHY_SECONDS \
                     else min(LOOP_BACKOFF_MAX, max(LOOP_BACKOFF_MIN, delay * 2))
                 self._loop_failed(name, exc, f"restarting the loop in {delay:.1f}s")
@@ -669,7 +669,7 @@ class NodeCore:
             await tasks.sleep(ALIVE_SECONDS)
             try:
                 self._mark_storage(clean=False)
-            except Exception as exc:  # a failing disk must not stop the node
+            except Exception as exc:  # noqa: BLE001 - a failing disk must not stop the node
                 self.log.warning("could not record being alive in storage: %s", exc)
 
     async def _heartbeat_loop(self) -> None:

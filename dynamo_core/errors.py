@@ -109,4 +109,4 @@ def from_wire(body: dict[str, Any]) -> DynamoError:
             return err
         except (KeyError, TypeError, ValueError):
             return DynamoError(message)
-    return _BY_CODE.get(code, DynamoError)(message)
+    return _BY_CODE.get(str(code), DynamoError)(message)

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from random import Random
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 from . import tasks
 from .api import (
@@ -257,7 +257,7 @@ class Extensions:
             return {}, Timeout(f"{msg.type} handler did not answer within {limit:g}s")
         except DynamoError as exc:  # the handler's answer, or a peer's error it relays
             return {}, exc
-        except Exception as exc:  # noqa: BLE001 - a plugin bug must not reach the node
+        except Exception as exc:
             self.errors += 1
             self.log.exception("%s handler failed", msg.type)
             return {}, DynamoError(f"internal error in the {msg.type} handler: {exc}")
@@ -274,8 +274,12 @@ class Extensions:
 
     def loops(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
         """The periodic tasks of every extension, as loops for the core to run."""
-        return {f"{name}:{task.name}": (lambda name=name, task=task: self._every(name, task))
+        return {f"{name}:{task.name}": self._loop_of(name, task)
                 for name, extension in self.installed.items() for task in extension.tasks}
+
+    def _loop_of(self, extension: str, task: PeriodicTask
+                 ) -> Callable[[], Coroutine[Any, Any, None]]:
+        return lambda: self._every(extension, task)
 
     async def _every(self, extension: str, task: PeriodicTask) -> None:
         rng = self.host.rng
@@ -292,7 +296,7 @@ class Extensions:
                 self.errors += 1
                 self.log.error("periodic task %s of %s cut off after %gs", task.name,
                                extension, self._task_limit(task))
-            except Exception:  # noqa: BLE001 - the task runs again next period
+            except Exception:
                 self.errors += 1
                 self.log.exception("periodic task %s of %s failed", task.name, extension)
             finally:
@@ -323,7 +327,7 @@ class Extensions:
     def _call_impl(self, impl: Any, hook_name: str, kwargs: Mapping[str, Any]) -> None:
         try:
             impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-        except Exception:  # noqa: BLE001 - one plugin's bug is not the node's
+        except Exception:
             self.errors += 1
             self.log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
 

@@ -23,8 +23,9 @@ replies in). Time always comes in from the core; nothing here reads a clock.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import cbor2
 
@@ -268,7 +269,7 @@ class HintStore:
         return {t: self.get(t, bucket, key) for t in targets}
 
     def batch(self, target: str, limit: int) -> list[Hint]:
-        """Up to ``limit`` hints for ``target``, in the order first stored, for one delivery round."""
+        """Up to ``limit`` hints for ``target``, oldest first, for one delivery round."""
         out = []
         for bucket, key in list(self._by_target.get(target, {}))[:max(0, limit)]:
             data = self.engine.get(hint_key(target, bucket, key))
@@ -326,7 +327,7 @@ class HandoffPlanner:
             return []
         ready = [t for t in self._rotated(sorted(t for t, n in targets.items() if n > 0))
                  if t not in self._active and self._retry_at.get(t, now) <= now]
-        chosen = []
+        chosen: list[str] = []
         for target in ready:
             if len(chosen) == slots:
                 break
@@ -443,8 +444,9 @@ class HintDelivery:
             while batch := self.hints.batch(target, self.batch):
                 results = await self._put_many(
                     target, [(h.bucket, h.key, h.versions) for h in batch])
-                refused = [(h, r) for h, r in zip(batch, results) if isinstance(r, str)]
-                for hint, result in zip(batch, results):
+                refused = [(h, r) for h, r in zip(batch, results, strict=True)
+                           if isinstance(r, str)]
+                for hint, result in zip(batch, results, strict=True):
                     if not isinstance(result, str) and self.hints.delivered(hint):
                         self.delivered += 1
                 if refused:

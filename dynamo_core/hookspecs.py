@@ -32,7 +32,7 @@ The plugin author's guide is ``docs/plugins.md``.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pluggy
 

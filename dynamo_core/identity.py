@@ -27,9 +27,9 @@ This module only decides; the node runtime reads and writes the records.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from random import Random
 from typing import Any
 
 
@@ -45,7 +45,7 @@ class Epoch:
 
 def choose_actor(name: str, saved: Mapping[str, Any] | None,
                  stored: Mapping[str, Any] | None, *, durable: bool, power_safe: bool,
-                 rng: random.Random) -> Epoch:
+                 rng: Random) -> Epoch:
     """The actor for this start, from ``node.cbor`` (``saved``) and the storage's record."""
     if saved is None:
         reason = "a new node"
@@ -62,11 +62,11 @@ def choose_actor(name: str, saved: Mapping[str, Any] | None,
     return Epoch(new_actor(name, rng), True, reason)
 
 
-def new_actor(name: str, rng: random.Random) -> str:
+def new_actor(name: str, rng: Random) -> str:
     """A fresh actor id: the node's name and 48 random bits, so it never repeats."""
     return f"{name}.{rng.getrandbits(48):012x}"
 
 
-def new_boot(rng: random.Random) -> str:
+def new_boot(rng: Random) -> str:
     """The token tying ``node.cbor`` to the storage of one run."""
     return f"{rng.getrandbits(64):016x}"

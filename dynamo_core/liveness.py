@@ -11,7 +11,7 @@ Pure logic: time comes in as ``now``.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .api import FailureDetector
 

@@ -15,9 +15,10 @@ Pure logic: no sockets and no clocks; randomness comes in as a ``random.Random``
 
 from __future__ import annotations
 
-import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping, Sequence
+from random import Random
+from typing import Any
 
 from .api import MemberInfo, PartitionStrategy
 from .ring import Ring
@@ -163,7 +164,7 @@ class Membership:
 
     # ----------------------------------------------------------------- gossip
 
-    def gossip_target(self, rng: random.Random) -> str | None:
+    def gossip_target(self, rng: Random) -> str | None:
         """The address to gossip with this round: a random peer, sometimes a seed."""
         peers = [m.address for m in self.members()
                  if m.name != self._me and m.status != "removed"]

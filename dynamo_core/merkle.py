@@ -39,8 +39,9 @@ The exchange, for one range (the initiator drives; the peer only answers)
 from __future__ import annotations
 
 import hashlib
+import itertools
 from bisect import bisect_left
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .ring import RING_SIZE, key_hash, range_contains
 from .store import storage_key
@@ -50,8 +51,8 @@ __all__ = [
     "ABSENT",
     "DEFAULT_DEPTH",
     "DIGEST_BYTES",
-    "Descent",
     "MAX_DEPTH",
+    "Descent",
     "MerkleTree",
     "RangeTrees",
     "child_indices",
@@ -136,7 +137,7 @@ class MerkleTree:
     leaf's hash is always exactly the XOR over what it holds.
     """
 
-    __slots__ = ("_start", "_end", "_depth", "_span", "_acc", "_keys", "_levels", "_dirty")
+    __slots__ = ("_acc", "_depth", "_dirty", "_end", "_keys", "_levels", "_span", "_start")
 
     def __init__(self, start: int, end: int, depth: int = DEFAULT_DEPTH) -> None:
         for name, value in (("start", start), ("end", end)):
@@ -314,7 +315,7 @@ def differing_children(mine: MerkleTree, level: int, indices: Sequence[int],
     if len(their_hashes) != len(indices):
         raise ValueError(f"{len(indices)} node hashes asked for, {len(their_hashes)} received")
     mine_hashes = mine.hashes(level, indices)
-    return [i for i, a, b in zip(indices, mine_hashes, their_hashes) if a != b]
+    return [i for i, a, b in zip(indices, mine_hashes, their_hashes, strict=True) if a != b]
 
 
 def diff_leaf(mine: dict[str, bytes], theirs: dict[str, bytes]) -> tuple[list[str], list[str]]:
@@ -342,7 +343,7 @@ class Descent:
     ``compared`` counts node hashes compared so far (the cost of the exchange).
     """
 
-    __slots__ = ("_tree", "_level", "_pending", "_leaves", "compared")
+    __slots__ = ("_leaves", "_level", "_pending", "_tree", "compared")
 
     def __init__(self, tree: MerkleTree) -> None:
         self._tree = tree
@@ -389,7 +390,7 @@ class RangeTrees:
     of the ring; the rest are kept sorted by end so a lookup is one binary search.
     """
 
-    __slots__ = ("_depth", "_trees", "_ends", "_wrap", "_by_range")
+    __slots__ = ("_by_range", "_depth", "_ends", "_trees", "_wrap")
 
     def __init__(self, ranges: Iterable[tuple[int, int]], depth: int = DEFAULT_DEPTH,
                  keep: RangeTrees | None = None) -> None:
@@ -408,7 +409,7 @@ class RangeTrees:
         self._trees: list[MerkleTree] = straight
         self._ends: list[int] = [t.end for t in straight]
         self._wrap: MerkleTree | None = wrapping[0] if wrapping else None
-        self._by_range = {(t.start, t.end): t for t in trees}
+        self._by_range: dict[tuple[int, int], MerkleTree] = {(t.start, t.end): t for t in trees}
 
     @property
     def depth(self) -> int:
@@ -453,8 +454,8 @@ class RangeTrees:
 
         Keys in no held range are skipped. Returns how many keys went into a tree.
         """
-        for tree in self.trees():
-            tree.clear()
+        for held in self.trees():
+            held.clear()
         placed = 0
         for bucket, key, versions in items:
             h = key_hash(bucket, key)
@@ -469,7 +470,7 @@ def _check_disjoint(straight: list[MerkleTree], wrapping: list[MerkleTree]) -> N
     """Refuse overlapping ranges: a key must belong to exactly one tree."""
     if len(wrapping) > 1 or (wrapping and wrapping[0].start == wrapping[0].end and straight):
         raise ValueError("ranges overlap: at most one range may wrap past the top of the ring")
-    for before, after in zip(straight, straight[1:]):
+    for before, after in itertools.pairwise(straight):
         if after.start < before.end:
             raise ValueError(f"ranges overlap near {before.end:#x}")
     if wrapping and straight:

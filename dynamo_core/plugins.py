@@ -8,7 +8,8 @@ exactly like third-party plugins, then the modules a config names are imported a
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, cast
 
 import pluggy
 
@@ -42,7 +43,7 @@ def make_plugin_manager(modules: Sequence[str] = (), extra: Sequence[object] = (
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(f"plugin {exc.plugin_name!r}: {exc}") from None
+        raise ConfigError(f"plugin {pm.get_name(exc.plugin)!r}: {exc}") from None
     _refuse_wrappers(pm)
     return pm
 
@@ -70,7 +71,7 @@ def call_order(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
 class Registry:
     """The named implementations every registered plugin offers, one mapping per kind."""
 
-    KINDS = {
+    KINDS: ClassVar[dict[str, str]] = {
         "storage engine": "dynamo_storage_engines",
         "resolver": "dynamo_resolvers",
         "partition strategy": "dynamo_partition_strategies",
@@ -118,13 +119,13 @@ class Registry:
             raise ConfigError(f"unknown {kind} {name!r}; available: {available}") from None
 
     def storage_engine(self, name: str) -> hookspecs.StorageFactory:
-        return self.pick("storage engine", name)
+        return cast(hookspecs.StorageFactory, self.pick("storage engine", name))
 
     def resolver(self, name: str) -> hookspecs.Resolver:
-        return self.pick("resolver", name)
+        return cast(hookspecs.Resolver, self.pick("resolver", name))
 
     def partition_strategy(self, name: str) -> hookspecs.PartitionStrategy:
-        return self.pick("partition strategy", name)
+        return cast(hookspecs.PartitionStrategy, self.pick("partition strategy", name))
 
     def failure_detector(self, name: str) -> hookspecs.FailureDetectorFactory:
-        return self.pick("failure detector", name)
+        return cast(hookspecs.FailureDetectorFactory, self.pick("failure detector", name))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 #: The ring is the 128-bit hash space [0, RING_SIZE).
 RING_BITS = 128
@@ -38,7 +38,7 @@ def hash_bytes(data: bytes) -> int:
 
 def key_hash(bucket: str, key: str) -> int:
     """The ring position of ``key`` in ``bucket`` (hash of UTF-8 ``"<bucket>/<key>"``)."""
-    return hash_bytes(f"{bucket}/{key}".encode("utf-8"))
+    return hash_bytes(f"{bucket}/{key}".encode())
 
 
 def range_contains(start: int, end: int, h: int) -> bool:
@@ -103,7 +103,7 @@ class Ring:
     end of its partition, so the whole partition goes where its end goes.
     """
 
-    __slots__ = ("_tokens", "_owners", "_by_node", "_partitions", "_ends")
+    __slots__ = ("_by_node", "_ends", "_owners", "_partitions", "_tokens")
 
     def __init__(self, tokens: Mapping[int, str], partitions: int | None = None) -> None:
         """Build a ring from ``token -> node name``; tokens must lie in ``[0, RING_SIZE)``."""

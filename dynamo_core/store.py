@@ -9,12 +9,13 @@ refused, never silently trimmed, and this node's actor issues each dot exactly o
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import cbor2
 
-from .errors import InvalidRequest, Overloaded, StorageFailed
 from .api import StorageEngine
+from .errors import InvalidRequest, Overloaded, StorageFailed
 from .versions import Clock, Dot, Version, next_dot, reconcile
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class LocalStore:
                 yield bucket, key, versions
 
     def keys(self) -> Iterator[tuple[str, str]]:
-        for skey in self.engine.keys():
+        for skey in self.engine.keys():  # noqa: SIM118 - an engine's keys, not a dict's
             if skey != IDENTITY_KEY:
                 yield split_storage_key(skey)
 

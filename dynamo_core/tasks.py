@@ -133,6 +133,12 @@ async def _awaiting(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
+def _bind(ended: Callable[[int, Any, BaseException | None], None], i: int
+          ) -> Callable[[Any, BaseException | None], None]:
+    """``ended`` with its first argument fixed: the callback of the ``i``-th gathered task."""
+    return lambda result, exc: ended(i, result, exc)
+
+
 class Scheduler:
     """Runs tasks: resumes them when their sleep ends, their call returns, their slot frees.
 
@@ -285,8 +291,7 @@ class Scheduler:
             while waiting and running < op.limit:
                 i, coro = waiting.popleft()
                 running += 1
-                child = self.spawn(f"{parent.name}[{i}]", coro,
-                                   lambda r, e, i=i: ended(i, r, e))
+                child = self.spawn(f"{parent.name}[{i}]", coro, _bind(ended, i))
                 parent.children.append(child)
 
         def ended(i: int, result: Any, exc: BaseException | None) -> None:

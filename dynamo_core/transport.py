@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import zmq
 
@@ -75,7 +76,7 @@ class Transport(Protocol):
         ...
 
 
-def configure(sock: zmq.Socket, max_bytes: int) -> None:
+def configure(sock: zmq.Socket[bytes], max_bytes: int) -> None:
     """The options every socket of this project gets: bounded linger, size and queues."""
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
@@ -86,13 +87,13 @@ def configure(sock: zmq.Socket, max_bytes: int) -> None:
 class SocketReader:
     """Feeds every message of a plain ZeroMQ socket to a handler, from an asyncio loop."""
 
-    def __init__(self, sock: zmq.Socket, handle: FrameHandler, what: str) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], handle: FrameHandler, what: str) -> None:
         self.sock = sock
         self._handle = handle
         self._what = what
         self._loop = asyncio.get_running_loop()
         self._scheduled = False
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd = int(sock.getsockopt(zmq.FD))
         self._loop.add_reader(self._fd, self.poke)
         self.poke()
 
@@ -108,7 +109,7 @@ class SocketReader:
             return
         for _ in range(BATCH):
             try:
-                if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if not int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                     return
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -118,7 +119,7 @@ class SocketReader:
                 return
             try:
                 self._handle(frames)
-            except Exception:  # noqa: BLE001 - a handler's bug must not stop the socket
+            except Exception:
                 log.exception("%s: handler failed on an incoming message", self._what)
         self.poke()  # more may be waiting: continue after other callbacks had a turn
 

@@ -27,9 +27,10 @@ import base64
 import binascii
 import hashlib
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import cbor2
 
@@ -155,7 +156,8 @@ class Clock:
     # ----------------------------------------------------------------- wire form
 
     def to_wire(self) -> list[list[Any]]:
-        """``[[actor, counter, ts], ...]`` for vector entries, then ``[actor, counter, ts, 1]`` dots."""
+        """``[[actor, counter, ts], ...]`` for vector entries, then ``[actor, counter, ts, 1]``
+        for dots."""
         entries: list[list[Any]] = [[a, c, ts] for a, (c, ts) in sorted(self.vector.items())]
         entries.extend([a, c, ts, 1] for a, c, ts in sorted(self.dots))
         return entries
@@ -192,7 +194,7 @@ class Clock:
         return "Clock{" + ", ".join(parts) + "}"
 
 
-def _events_key(clock: Clock) -> tuple:
+def _events_key(clock: Clock) -> tuple[Any, ...]:
     """Equality is about events, not the timestamps that only guide truncation."""
     return (frozenset((a, c) for a, (c, _) in clock.vector.items()),
             frozenset((a, c) for a, c, _ in clock.dots))

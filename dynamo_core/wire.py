@@ -3,7 +3,8 @@
 Envelope: ``{"v": 1, "t": <type>, "id": <request id or null>, "from": <node name or null>,
 "b": <body map>}``, plus ``"exp"``, the wall-clock time after which a request is void, on
 requests between nodes (a request that waited in a queue towards a node that was down or
-paused must not be carried out long after its sender gave up on it). Every frame from the network is untrusted: it is decoded with limits
+paused must not be carried out long after its sender gave up on it). Every frame from the
+network is untrusted: it is decoded with limits
 (size, nesting depth, no indefinite lengths, no duplicate map keys, map keys only text or
 bytes, no semantic tags but a small harmless set) and then checked against the schema of
 its message type before any protocol code sees it. Anything else raises :class:`WireError`
@@ -15,8 +16,9 @@ from __future__ import annotations
 import datetime
 import io
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import cbor2
 
@@ -68,7 +70,7 @@ def _show(value: Any) -> str:
         return f"a {value.bit_length()}-bit integer"
     try:
         return _brief(repr(value), 60)
-    except Exception:  # a hostile value whose repr fails must not turn into a crash
+    except Exception:  # noqa: BLE001 - a hostile value whose repr fails must not crash
         return f"a {type(value).__name__}"
 
 
@@ -404,7 +406,7 @@ class Codec:
         return (rid if _is_request_id(rid) else None,
                 sender if isinstance(sender, str) and 0 < len(sender) <= 256 else None)
 
-    def _envelope(self, envelope: Any) -> tuple[str, int | None, str | None, dict]:
+    def _envelope(self, envelope: Any) -> tuple[str, int | None, str | None, dict[str, Any]]:
         if not isinstance(envelope, dict):
             raise WireError(f"envelope must be a map, got {type(envelope).__name__}")
         unknown = set(envelope) - {"v", "t", "id", "from", "b", "exp"}

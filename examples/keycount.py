@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from dynamo_core.hookspecs import (
     DynamoError,
@@ -94,7 +95,7 @@ class KeyCount:
                 return None
             return reply["keys"]
 
-        counts = dict(zip(peers, await asyncio.gather(*(ask(p) for p in peers))))
+        counts = dict(zip(peers, await asyncio.gather(*(ask(p) for p in peers)), strict=True))
         by_node = {p: c for p, c in counts.items() if c is not None}
         replicas = sum(by_node.values())
         n = node.stats().get("replication", 3)

@@ -110,7 +110,7 @@ async def game_servers(addresses: list[str], player: str,
         await asyncio.gather(*(
             aretry(lambda server=server, score=score, read=read: scores.put(
                 key, entry(player, score, server), read.context), f"{server}'s write")
-            for (server, score), read in zip(submissions.items(), reads)))
+            for (server, score), read in zip(submissions.items(), reads, strict=True)))
 
 
 def main(args: argparse.Namespace) -> None:

@@ -14,7 +14,8 @@ What it measures
     strategy 1, the Q equal partitions under strategies 2 and 3) whose N-long preference list
     contains the node. It is computed exactly with integer arithmetic over the 128-bit space,
     not by sampling keys (the ring is asked for one preference list per token a range ends
-    before, which is the same as one per range, and cheaper). Random strategies (1 and 2) are averaged over ``--seeds`` token
+    before, which is the same as one per range, and cheaper). Random strategies (1 and 2)
+    are averaged over ``--seeds`` token
     draws; strategy 3 is a pure function of the member names, so each seed gives it a
     different set of names instead. The table also shows the worst seed.
 
@@ -46,7 +47,8 @@ How this differs from the paper
 What the default run shows (seeds 0-4; S=30, N=3)
     Strategy 3 is best at every size (0.978 at 7680 tokens, 1.0 at Q=S, dipping to
     0.88 around Q=4S-8S, where a member's few partitions often sit next to each other and it
-    replicates fewer of them). Strategy 1 climbs from about 0.45 (T=1, 2) to 0.93 (T=256). Strategy 2
+    replicates fewer of them). Strategy 1 climbs from about 0.45 (T=1, 2) to 0.93 (T=256).
+    Strategy 2
     with Q >> S·T is strategy 1 to three decimals: equal partitions change nothing while they
     are much finer than the token ranges. With the plugin's default Q=1024 it falls behind
     once S·T passes Q (0.85 at 1920 tokens, 0.88 at 7680 against strategy 1's 0.87 and 0.93),
@@ -219,7 +221,8 @@ def run(settings: Sequence[Setting], nodes: int, replicas: int, seeds: Sequence[
             values[i] = _measure_task(tasks[i])
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for i, value in zip(order, pool.map(_measure_task, [tasks[i] for i in order])):
+            for i, value in zip(order, pool.map(_measure_task, [tasks[i] for i in order]),
+                                strict=True):
                 values[i] = value
     per_seed = len(seeds)
     return [Result(s, tuple(values[k * per_seed:(k + 1) * per_seed]))
@@ -329,7 +332,8 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values

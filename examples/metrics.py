@@ -18,7 +18,8 @@ import logging
 import weakref
 from bisect import bisect_left
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from dynamo_core.hookspecs import (
     Field,

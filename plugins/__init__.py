@@ -1,1 +1,4 @@
-"""Built-in plugins of Dynamo in Python (installed as ``dynamo_plugins``): storage engines, partition strategies, failure detectors."""
+"""Built-in plugins of Dynamo in Python (installed as ``dynamo_plugins``).
+
+Storage engines, partition strategies and failure detectors.
+"""

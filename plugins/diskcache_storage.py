@@ -19,7 +19,8 @@ alike, whatever the ``fsync`` option says.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import diskcache
 

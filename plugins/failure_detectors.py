@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from dynamo_core.hookspecs import FailureDetectorFactory, hookimpl
 

@@ -6,7 +6,8 @@ down. It says ``durable = False`` so the core never counts on it surviving a cra
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from dynamo_core.hookspecs import StorageEngine, StorageFactory, hookimpl
 

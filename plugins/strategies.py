@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from dynamo_core.hookspecs import (
     MAX_PARTITIONS,
@@ -58,7 +59,7 @@ def _positive_int(value: Any, what: str, high: int | None = None) -> int:
     return value
 
 
-def _check_options(options: Mapping[str, Any], name: str, known: set[str]) -> None:
+def _check_options(options: Mapping[str, Any], name: str, known: frozenset[str]) -> None:
     """Refuse settings this strategy does not read: a typo must not go unnoticed."""
     unknown = sorted(set(options) - known - {"strategy"})
     if unknown:
@@ -70,7 +71,7 @@ class RandomTokens:
     """Strategy 1: T random tokens per member, T = capacity x ``tokens_per_capacity``."""
 
     name = "strategy-1"
-    options = {"tokens_per_capacity"}
+    options: ClassVar[frozenset[str]] = frozenset({"tokens_per_capacity"})
 
     def partition_count(self, options: Mapping[str, Any]) -> int | None:
         """None: the token ranges are the partitions."""
@@ -118,7 +119,7 @@ class RandomTokensEqualPartitions(RandomTokens):
     """Strategy 2: strategy 1's random tokens place Q fixed, equal partitions."""
 
     name = "strategy-2"
-    options = {"tokens_per_capacity", "partitions"}
+    options: ClassVar[frozenset[str]] = frozenset({"tokens_per_capacity", "partitions"})
 
     def partition_count(self, options: Mapping[str, Any]) -> int | None:
         _check_options(options, self.name, self.options)
@@ -129,7 +130,7 @@ class EqualPartitions:
     """Strategy 3: Q equal partitions, each member owning about Q x capacity / total of them."""
 
     name = "strategy-3"
-    options = {"partitions"}
+    options: ClassVar[frozenset[str]] = frozenset({"partitions"})
 
     def partition_count(self, options: Mapping[str, Any]) -> int | None:
         _check_options(options, self.name, self.options)

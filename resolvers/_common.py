@@ -8,7 +8,8 @@ by a total *version order* first and only then decide.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cbor2
 

@@ -18,11 +18,11 @@ a union cannot tell a removal from an item never added.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
-from dynamo_resolvers._common import by_version, canonical, is_number
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from dynamo_core.hookspecs import Resolver, Sibling, hookimpl
+from dynamo_resolvers._common import by_version, canonical, is_number
 
 
 def is_quantity_map(value: Any) -> bool:

@@ -7,11 +7,11 @@ sibling's dot and then its value, so every node drops the same losers.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
-from dynamo_resolvers._common import latest
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from dynamo_core.hookspecs import DELETED, Resolver, Sibling, hookimpl
+from dynamo_resolvers._common import latest
 
 
 class LastWriteWins:

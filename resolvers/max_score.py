@@ -10,11 +10,11 @@ broken by the shared version order (latest wins), so every node keeps the same s
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
-from dynamo_resolvers._common import is_number, latest, version_key
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from dynamo_core.hookspecs import Resolver, Sibling, hookimpl
+from dynamo_resolvers._common import is_number, latest, version_key
 
 
 def score_of(value: Any) -> int | float | None:

@@ -108,10 +108,10 @@ class Network:
         if dst is None or not dst.up:
             self.dropped += 1  # the asker is gone: a ROUTER drops the answer
             return
-        source = self.endpoints[src]
+        source = self.endpoints[src].address or src
         if dst.is_node:
             self._carry(src, dst, frame, lambda ep: ep.on_reply(  # type: ignore[misc]
-                source.address, [frame]))
+                source, [frame]))
         else:
             self._carry(src, dst, frame, lambda ep: ep.on_client_frame(frame))  # type: ignore[misc]
 

@@ -17,7 +17,7 @@ from typing import Any
 from ..versions import Version, live, reconcile
 from .checker import Verdict, check
 from .clients import CART_BUCKET, REGISTER_BUCKET, History, SimClient, Workload
-from .harness import BASE_CONFIG, SETTLE_SECONDS, SimCluster
+from .harness import SETTLE_SECONDS, SimCluster
 from .node import SimNode
 
 FAULT_KINDS = ("partition", "crash", "loss", "skew", "disk")
