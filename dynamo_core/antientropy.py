@@ -317,6 +317,11 @@ class AntiEntropy:
             except Exception:  # a peer's odd answer must not end anti-entropy for good
                 log.warning("%s: background round failed", self.name, exc_info=True)
 
+    def peers(self) -> list[str]:
+        """Every peer sharing at least one range with this node, in its view of the ring."""
+        self.refresh()
+        return list(self._peer_names)
+
     def _peers(self) -> list[str]:
         now = self._now()
         return [p for p in self._peer_names if not self._is_down(p, now)]

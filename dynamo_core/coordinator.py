@@ -142,12 +142,19 @@ class KeyPlan:
             object.__setattr__(self, "forward_order", self.homes)
 
     @classmethod
-    def sloppy(cls, bucket: str, key: str, walk: Sequence[str], n: int, quorum: int,
+    def sloppy(cls, bucket: str, key: str, walk: Iterable[str], n: int, quorum: int,
                is_down: Callable[[str], bool], resolver: Resolver | None = None,
                strict: bool = False) -> KeyPlan:
-        """Plan from the ring walk: the first N healthy nodes, homes first (paper 4.6)."""
-        homes = tuple(walk[:n])
-        healthy_fallbacks = [] if strict else [f for f in walk[n:] if not is_down(f)]
+        """Plan from the ring walk: the first N healthy nodes, homes first (paper 4.6).
+
+        The walk is read only as far as needed: the N homes, then at most 2N healthy
+        fallbacks (N to stand in for every home, N more as spares for nodes failing
+        mid-operation), so a plan costs the same on a ring of five nodes or five hundred.
+        """
+        nodes = iter(walk)
+        homes = tuple(itertools.islice(nodes, n))
+        healthy_fallbacks = [] if strict else list(itertools.islice(
+            (f for f in nodes if not is_down(f)), 2 * n))
         targets: list[str] = []
         stand_in: dict[str, str] = {}
         for home in homes:

@@ -51,7 +51,7 @@ from .extensions import OBSERVED_OPS, CoreEdge, Edge, Extensions, members_view
 from .handoff import HintDelivery, HintStore
 from .identity import Epoch, choose_actor, new_boot
 from .liveness import Liveness
-from .membership import Member, Membership
+from .membership import Member, Membership, removal_of
 from .plugins import Registry, make_plugin_manager
 from .ring import key_hash
 from .store import IDENTITY_KEY, LocalStore, key_bytes_limit
@@ -198,6 +198,8 @@ class NodeCore:
         #: no data of its own yet while the cluster may hold some for its ranges
         self.starts_empty = bool(seeds)
         self._last_alive: float | None = None
+        #: the other members' records as ``node.cbor`` last saw them
+        self._known_members: list[Member] = []
         self._out: list[CoreEffect] = []
         self.registry = Registry(make_plugin_manager(config.plugin_modules, plugins))
         self.codec = Codec(max_bytes=config.max_message_bytes)
@@ -225,6 +227,7 @@ class NodeCore:
         self._call_ids = iter(range(1 << 62, 1 << 63))
         self._gossip_ids = iter(range(1, 1 << 62))
         self.membership = Membership(self._me, self.strategy, config.partitioning, seeds)
+        self.membership.merge(self._known_members)
         self.coordinator = Coordinator(self.name, self.store,
                                        request_timeout=config.request_timeout,
                                        max_clock_entries=config.max_clock_entries,
@@ -325,7 +328,11 @@ class NodeCore:
                              rng=self.rng)
         if epoch.new and saved is not None:
             self.log.warning("starts a new actor epoch %s: %s", epoch.actor, epoch.reason)
-        self.starts_empty = self.starts_empty and saved is None
+        # Empty while the cluster may hold data for its ranges: a new node with seeds, or a
+        # node whose storage holds none of its records (wiped, replaced, or a memory engine
+        # after a restart). Its "not found" is weak until anti-entropy filled its ranges.
+        self.starts_empty = (self.starts_empty and saved is None) or \
+            (saved is not None and stored is None)
         if saved is None:
             tokens = self.strategy.initial_tokens(self.name, self.config.capacity,
                                                   self.config.partitioning, self.rng)
@@ -338,8 +345,11 @@ class NodeCore:
                 f"data directory {self.data_dir} belongs to node {saved.get('name')!r}, "
                 f"not {self.name!r}")
         member = Member.from_wire(saved["member"])
+        self._known_members = _members_from(saved.get("members"))
         # A node that left (or was removed) stays out until it is told to join again.
         status = "removed" if member.status in ("removed", "leaving") else member.status
+        if status == "up" and self.starts_empty:
+            status = "joining"  # lost its data: it fills its ranges again before it is up
         if status == "removed":
             self.log.warning("left the cluster earlier; it stays out of the ring until "
                              "`dynamo join` brings it back")
@@ -347,10 +357,15 @@ class NodeCore:
                              status, member.version + 1)
 
     def _save_identity(self) -> None:
+        """``node.cbor``: this node's name, actor, boot and member record, and the records
+        it knows of the others (a removal, above all, must outlive a restart of every node
+        that heard of it, or the dead node comes back into the ring)."""
         if self._record is not None:
-            self._record.save(cbor2.dumps({"name": self.name, "actor": self.actor,
-                                           "boot": self.boot,
-                                           "member": self.membership.me.to_wire()}))
+            self._record.save(cbor2.dumps({
+                "name": self.name, "actor": self.actor, "boot": self.boot,
+                "member": self.membership.me.to_wire(),
+                "members": [m.to_wire() for m in self.membership.members()
+                            if m.name != self.name]}))
 
     def _mark_storage(self, clean: bool) -> None:
         """Record in storage which actor and boot it belongs to, whether we stopped, and
@@ -507,6 +522,9 @@ class NodeCore:
         self.tasks.run_ready()
         if self.membership.generation != self._membership_seen:
             self._membership_seen = self.membership.generation
+            # Before any answer leaves: a removal this node was asked for is durable here
+            # once acknowledged, and survives a restart of every node that heard of it.
+            self._save_identity()
             self.extensions.notify("dynamo_membership_changed", members=self.members())
             self.tasks.run_ready()
         out, self._out = self._out, []
@@ -675,9 +693,23 @@ class NodeCore:
     async def _heartbeat_loop(self) -> None:
         while True:
             await tasks.sleep(self.config.heartbeat_interval / 2)
-            peers = [m.name for m in self.membership.members() if m.status != "removed"]
-            for peer in self.liveness.refresh(peers, self._now):
+            for peer in self.liveness.refresh(self._watched_peers(), self._now):
                 self._send_one_way(peer, "ping", {})
+
+    def _watched_peers(self) -> list[str]:
+        """The peers this node pings when it has not heard from them: those it shares a
+        range with, those it holds hints for, and any it believes suspect or down (the
+        paper's periodic retry that notices a node is back).
+
+        Not every member: in a cluster of a hundred nodes that would be ten thousand
+        pings a heartbeat. As in the paper, a node learns of the others' failures from
+        the requests it sends them; none of them matters to it otherwise.
+        """
+        live = {m.name for m in self.membership.members()
+                if m.status != "removed" and m.name != self.name}
+        watched = (set(self.anti_entropy.peers()) | set(self.hints.targets())
+                   | {p for p in live if self.liveness.state(p, self._now) != "up"})
+        return sorted(watched & live)
 
     def _send_one_way(self, peer: str, msg_type: str, body: dict[str, Any]) -> None:
         address = self.membership.address_of(peer)
@@ -851,7 +883,7 @@ class NodeCore:
         if quorum > settings.n:
             raise InvalidRequest(f"{quorum_field}={quorum} exceeds n={settings.n} of "
                                  f"bucket {bucket!r}")
-        walk = list(self.membership.ring.walk(key_hash(bucket, key)))
+        walk = self.membership.ring.walk(key_hash(bucket, key))
         resolver = self.registry.resolver(settings.resolver) if settings.resolver else None
         now = self._now
         return KeyPlan.sloppy(bucket, key, walk, settings.n, quorum,
@@ -1024,8 +1056,7 @@ class NodeCore:
             raise InvalidRequest(f"no member named {name!r}; see dynamo status")
         if name == self.name:
             raise InvalidRequest("a node cannot remove itself; use dynamo leave")
-        self.membership.merge([dataclasses.replace(member, status="removed",
-                                                   version=member.version + 1)])
+        self.membership.merge([removal_of(member)])
         self.liveness.forget(name)
         self.log.info("removed %s from the cluster", name)
         self.answer(client, "remove_ok", {})
@@ -1121,6 +1152,18 @@ def request_lifetime(request_timeout: float) -> float:
     """Seconds a request between nodes stays valid: after its sender, and any forwarder,
     gave up on it. A request that waited longer in a queue is dropped unanswered."""
     return request_timeout * 2 + 1.0
+
+
+def _members_from(records: Any) -> list[Member]:
+    """Member records saved in ``node.cbor``; an unreadable one is skipped (gossip brings
+    the members back anyway: the saved view only keeps removals from being forgotten)."""
+    members = []
+    for record in records if isinstance(records, list) else []:
+        try:
+            members.append(Member.from_wire(record))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return members
 
 
 def _configured(what: str, build: Callable[[], T]) -> T:

@@ -31,6 +31,12 @@ STATUSES = ("joining", "up", "leaving", "removed")
 #: next owners (it pushes its data there), a removed one's are rebuilt by them.
 RING_STATUSES = frozenset({"up", "joining"})
 
+#: How far a removal raises a member's version. The removed node may have raised its own
+#: record meanwhile (joining -> up, say) in gossip that has not reached the remover yet; a
+#: removal one version up would tie or lose against it and the dead node would come back
+#: into the ring. No node updates its record a million times between two gossip rounds.
+REMOVAL_STEP = 1 << 20
+
 _TOKEN_BYTES = 16
 MAX_TOKENS_PER_MEMBER = 65_536
 
@@ -73,6 +79,52 @@ class Member:
         return cls(name, address, capacity, tokens, status, version)
 
 
+class _RingMemo:
+    """The last few rings built, shared by every node of the process.
+
+    A strategy is a pure function of the members and options (its contract), and building
+    a ring can cost tens of milliseconds (strategy 3 sorts Q x S scores). A real process
+    runs one node and rarely sees a view twice; a simulation runs a hundred nodes whose
+    views converge on the same few rings, and builds each once instead of a hundred times.
+    Rings are immutable, so sharing one is safe. Bounded: the oldest entry goes first.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._rings: dict[tuple[Any, ...], Ring] = {}
+
+    def build(self, strategy: PartitionStrategy, members: tuple[MemberInfo, ...],
+              options: Mapping[str, Any]) -> Ring:
+        kind = type(strategy)
+        key = (kind.__module__, kind.__qualname__, getattr(strategy, "name", None),
+               tuple(sorted((k, repr(v)) for k, v in options.items())), members)
+        ring = self._rings.pop(key, None)
+        if ring is None:
+            ring = Ring(strategy.ring_tokens(list(members), options),
+                        strategy.partition_count(options))
+        self._rings[key] = ring  # most recently used last
+        while len(self._rings) > self.size:
+            del self._rings[next(iter(self._rings))]
+        return ring
+
+
+_RINGS = _RingMemo(32)
+
+
+def removal_of(member: Member) -> Member:
+    """The record that removes ``member`` from the cluster, above any it made itself.
+
+    A removed node that is told to join again (``dynamo join``) takes its record back
+    above this one (see :meth:`Membership._merge_about_me`).
+    """
+    return replace(member, status="removed", version=member.version + REMOVAL_STEP)
+
+
+def _ring_place(member: Member) -> tuple[bool, tuple[int, ...], int]:
+    """What a member contributes to the ring: whether it is on it, its tokens, its weight."""
+    return member.status in RING_STATUSES, member.tokens, member.capacity
+
+
 class Membership:
     """One node's view of the cluster, and the ring that view implies."""
 
@@ -111,9 +163,9 @@ class Membership:
     @property
     def ring(self) -> Ring:
         if self._ring is None:
-            infos = [MemberInfo(m.name, m.capacity, m.tokens) for m in self.live_members()]
-            self._ring = Ring(self._strategy.ring_tokens(infos, self._options),
-                              self._strategy.partition_count(self._options))
+            infos = tuple(MemberInfo(m.name, m.capacity, m.tokens)
+                          for m in self.live_members())
+            self._ring = _RINGS.build(self._strategy, infos, self._options)
         return self._ring
 
     def to_wire(self) -> list[dict[str, Any]]:
@@ -155,12 +207,13 @@ class Membership:
     def _set(self, member: Member) -> None:
         old = self._members.get(member.name)
         self._members[member.name] = member
-        if old is None or (old.tokens, old.status, old.capacity) != (
-                member.tokens, member.status, member.capacity):
+        if old is None or (old.tokens, old.status, old.capacity, old.address) != (
+                member.tokens, member.status, member.capacity, member.address):
+            self.generation += 1
+        if old is None or _ring_place(old) != _ring_place(member):
+            # Only a change of what the ring is made of builds it anew (a strategy may
+            # sort Q x S scores for it): joining -> up, say, leaves it as it is.
             self._ring = None
-            self.generation += 1
-        elif old.address != member.address:
-            self.generation += 1
 
     # ----------------------------------------------------------------- gossip
 

@@ -46,8 +46,13 @@ def split_storage_key(skey: str) -> tuple[str, str]:
 class LocalStore:
     """Versions of each key, plus the highest dot counter this node's actor issued for it.
 
-    A key is stored as ``{"versions": [...], "issued": n}``. ``issued`` outlives the
-    versions that carried it, so the node never hands out one of its dots twice.
+    A key is stored as ``{"versions": [...], "issued": n, "by": actor}``: ``issued`` counts
+    the dots ``actor`` (this node's actor when it was written) issued for the key. It
+    outlives the versions that carried it, so the node never hands out one of its dots
+    twice. A node in a new actor epoch starts its own count at zero, so that its dots run
+    1, 2, 3 and clocks fold them into one vector entry: counting on from the old actor's
+    number would leave them isolated dots for good, clocks would grow with every write, and
+    truncation would at last forget events whose versions then come back as siblings.
     """
 
     def __init__(self, engine: StorageEngine, max_siblings: int, actor: str,
@@ -87,7 +92,12 @@ class LocalStore:
         record = self._record(bucket, key)
         if record is None:
             return [], 0
-        return [Version.from_wire(v) for v in record["versions"]], record["issued"]
+        return [Version.from_wire(v) for v in record["versions"]], self._issued(record)
+
+    def _issued(self, record: dict[str, Any]) -> int:
+        """The dots this node's actor issued for the key (none if an earlier actor's)."""
+        by = record.get("by")
+        return int(record["issued"]) if by is None or by == self.actor else 0
 
     def read(self, bucket: str, key: str) -> list[Version]:
         return self.state(bucket, key)[0]
@@ -105,10 +115,10 @@ class LocalStore:
         record: dict[str, Any] = self._record(bucket, key) or {"versions": [], "issued": 0}
         held = [Version.from_wire(v) for v in record["versions"]]
         try:
-            dot = next_dot(self.actor, context, held, record["issued"])
+            dot = next_dot(self.actor, context, held, self._issued(record))
         except ValueError as exc:
             raise InvalidRequest(f"key {key!r} in bucket {bucket!r}: {exc}") from None
-        record["issued"] = dot[1]
+        record["issued"], record["by"] = dot[1], self.actor
         self._put(storage_key(bucket, key), cbor2.dumps(record))
         return dot
 
@@ -123,7 +133,8 @@ class LocalStore:
         mine = max((v.dot[1] for v in incoming if v.dot[0] == self.actor), default=0)
         changed = not same_versions(held, merged)
         self._note_dot_conflicts(bucket, key, held, incoming)
-        if not changed and mine <= record["issued"]:
+        issued = self._issued(record)
+        if not changed and mine <= issued:
             return False
         if len(merged) > self.max_siblings and len(merged) > len(held):
             raise Overloaded(
@@ -131,7 +142,7 @@ class LocalStore:
                 f"than the limit of {self.max_siblings}; read it and write back one value "
                 f"with the context to merge them")
         data = cbor2.dumps({"versions": [v.to_wire() for v in merged],
-                            "issued": max(record["issued"], mine)})
+                            "issued": max(issued, mine), "by": self.actor})
         # A change that shrinks the key (a merge superseding siblings) is always taken, so
         # a key at its limit can still be mended with a put carrying its context.
         size = len(data) + len(skey.encode("utf-8"))
@@ -167,7 +178,8 @@ class LocalStore:
             return False
         if issued:
             # Keep the counter: should the key come back here, no dot is ever reissued.
-            self._put(storage_key(bucket, key), cbor2.dumps({"versions": [], "issued": issued}))
+            self._put(storage_key(bucket, key),
+                      cbor2.dumps({"versions": [], "issued": issued, "by": self.actor}))
         else:
             self.engine.delete(storage_key(bucket, key))
         if self.listener is not None:
@@ -187,7 +199,7 @@ class LocalStore:
                 continue
             if issued:
                 self._put(storage_key(bucket, key),
-                          cbor2.dumps({"versions": [], "issued": issued}))
+                          cbor2.dumps({"versions": [], "issued": issued, "by": self.actor}))
             else:
                 self.engine.delete(storage_key(bucket, key))
             dropped += 1

@@ -10,7 +10,8 @@ Dynamo do, on a few hot keys so that writers collide:
 * **register puts**: read a key of a bucket without a resolver, write a new value with the
   read's context;
 * **deletes**: read a key, delete what the read saw;
-* **reads**.
+* **reads**;
+* **blind puts**: write a register with no context at all (a sibling of what is there).
 
 Every value and item written is unique, and every write records what its writer had read
 (``seen``), so the checker can decide from values alone, without trusting vector clocks,
@@ -66,8 +67,9 @@ class Workload:
     ops: int
     cart_keys: int = 2
     register_keys: int = 2
-    #: relative weights of cart adds, register puts, deletes and reads
-    mix: tuple[float, float, float, float] = (0.5, 0.3, 0.05, 0.15)
+    #: relative weights of cart adds, register puts, deletes, reads and blind puts (a put
+    #: with no context, whose writer read nothing first)
+    mix: tuple[float, float, float, float, float] = (0.5, 0.25, 0.05, 0.15, 0.05)
     #: mean pause between two operations of one client (exponential), seconds
     think: float = 0.005
     timeout: float = 5.0
@@ -204,7 +206,7 @@ class SimClient:
 
     async def run(self) -> None:
         w = self.workload
-        kinds = ("add", "put", "delete", "get")
+        kinds = ("add", "put", "delete", "get", "blind")
         while self._budget():
             await tasks.sleep(self.rng.expovariate(1.0 / w.think))
             kind = self.rng.choices(kinds, weights=w.mix)[0]
@@ -242,8 +244,14 @@ class SimClient:
 
     async def register(self, kind: str, key: str) -> None:
         value = f"{self.name}-v{len(self.history.operations) + 1}"
+        blind = kind == "blind"
+        kind = "put" if blind else kind
         op = self.history.new(client=self.name, kind=kind, bucket=REGISTER_BUCKET, key=key,
                               start=self.world.now, value=value if kind == "put" else None)
+        if blind:  # no read, no context: the new value is a sibling of whatever is there
+            await self._write(op, self.protocol.put_body(REGISTER_BUCKET, key, value, None,
+                                                         None, False), "put")
+            return
         result, where = await self.read(REGISTER_BUCKET, key)
         if result is None:
             self._finish(op, "refused", f"its read failed: {where}")

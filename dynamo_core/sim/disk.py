@@ -99,8 +99,10 @@ class Disks:
     def record(self, node: str) -> Record:
         return self.records.setdefault(node, Record())
 
-    def wipe(self, node: str) -> None:
-        """Lose a node's disk entirely (a replaced machine)."""
+    def wipe(self, node: str, keep_record: bool = False) -> None:
+        """Lose a node's disk entirely (a replaced machine), or (``keep_record``) only its
+        engines' data, ``node.cbor`` surviving (data on a volume that was replaced)."""
         for path in [p for p in self.engines if p.split("/")[1] == node]:
             del self.engines[path]
-        self.records.pop(node, None)
+        if not keep_record:
+            self.records.pop(node, None)

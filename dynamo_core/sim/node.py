@@ -64,6 +64,7 @@ class SimNode:
         self._firings_at: tuple[float, int] = (-1.0, 0)
         #: paused (SIGSTOP): what arrives waits here, timers wait, until it is resumed
         self.paused = False
+        self._stopping = False
         self._backlog: list[tuple[bool, Any, list[bytes]]] = []
         self._timer_due = False
 
@@ -93,6 +94,9 @@ class SimNode:
             data_dir=self.data_dir, record=self.disks.record(self.name), seeds=self.seeds,
             keep_stale_data=keep_stale_data, plugins=(self.disks, *self.plugins))
         self.starts += 1
+        # A new process: one that left before starts again (and stays out of the ring,
+        # its record says so); it has not left in this life.
+        self.has_left = False
         self.transport.start(self._on_request, self._on_reply)
         self.world.note(f"{self.name} starts (actor {self.core.actor})")
         try:
@@ -124,7 +128,11 @@ class SimNode:
         if self.core is None:
             return
         core = self.core
-        self._carry_out(core.shutdown(self.monotonic()))
+        self._stopping = True
+        try:
+            self._carry_out(core.shutdown(self.monotonic()))
+        finally:
+            self._stopping = False
         self.transport.close()
         core.close(clean=True)
         self.core = None
@@ -202,6 +210,9 @@ class SimNode:
                 self.world.note(f"{self.name} has left the cluster")
             elif not isinstance(effect, Connect):
                 raise TypeError(f"unknown effect {effect!r}")
+        if self.has_left and self.core is not None and not self._stopping:
+            self.stop()  # as a real node process exits once it has left
+            return
         self._arm()
 
     def _arm(self) -> None:

@@ -20,7 +20,10 @@ from .clients import CART_BUCKET, REGISTER_BUCKET, History, SimClient, Workload
 from .harness import SETTLE_SECONDS, SimCluster
 from .node import SimNode
 
-FAULT_KINDS = ("partition", "crash", "loss", "skew", "disk")
+#: What a run can do to the cluster. ``wipe`` (at most once a run, so that no acknowledged
+#: write can lose every copy by design) restarts a node on empty storage that kept only its
+#: ``node.cbor``: the kv679 case, where a node must not reuse its actor.
+FAULT_KINDS = ("partition", "crash", "loss", "skew", "disk", "wipe")
 #: Virtual seconds within which replicas must converge once every fault healed.
 CONVERGE_SECONDS = 120.0
 #: How often convergence and the queue bounds are looked at, in virtual seconds.
@@ -72,6 +75,8 @@ class Report:
     converged_after: float | None
     sim_seconds: float
     wall_seconds: float
+    #: the part of wall_seconds the clients' operations took
+    ops_wall_seconds: float
     trace_sha256: str
     events: int
     messages: int
@@ -93,6 +98,9 @@ class Report:
                 "duplicates": v.duplicates, "converged_after": self.converged_after,
                 "sim_seconds": round(self.sim_seconds, 3),
                 "wall_seconds": round(self.wall_seconds, 3),
+                "ops_per_wall_second": round(len(self.history.operations)
+                                             / self.ops_wall_seconds, 1)
+                if self.ops_wall_seconds else None,
                 "trace_sha256": self.trace_sha256, "events": self.events,
                 "messages": self.messages, "faults_applied": len(self.faults_applied),
                 "bounds": self.bounds, "ok": self.ok, "findings": v.findings(),
@@ -131,12 +139,15 @@ class Simulation:
         self.faults_applied: list[str] = []
         self._heals: dict[int, Callable[[], None]] = {}
         self._base_conditions = replace(self.network.conditions)
+        self._wiped = False
         #: loss faults active now: fault id -> (loss, duplication, jitter factor)
         self._lossy: dict[int, tuple[float, float, float]] = {}
         self._fault_ids = 0
         self.bounds: dict[str, int] = {"open_requests": 0, "tasks": 0, "calls": 0,
                                        "hints": 0}
         self.problems: list[str] = []
+        #: wall-clock seconds the clients' operations took (settling and healing aside)
+        self.ops_wall_seconds = 0.0
 
     # ------------------------------------------------------------------ the run
 
@@ -154,7 +165,9 @@ class Simulation:
         if self.spec.faults:
             self._next_fault()
         self._watch()
+        ops_started = time.monotonic()
         self.world.run_until(OPS_DEADLINE, stop=self._clients_done)
+        self.ops_wall_seconds = time.monotonic() - ops_started
         if not self._clients_done():
             self.problems.append(f"the clients did not finish within {OPS_DEADLINE:g}s")
         self._heal_all()
@@ -167,9 +180,9 @@ class Simulation:
                              if c.crashed)
         verdict = check(self.history, self.final_state(), self.problems)
         return Report(self.spec, verdict, converged_after, self.world.now,
-                      time.monotonic() - started, self.world.trace_sha256(),
-                      self.world.events, self.network.delivered, self.faults_applied,
-                      self.bounds, self.history, self.world.log)
+                      time.monotonic() - started, self.ops_wall_seconds,
+                      self.world.trace_sha256(), self.world.events, self.network.delivered,
+                      self.faults_applied, self.bounds, self.history, self.world.log)
 
     def _take_op(self) -> bool:
         if self._ops_left <= 0:
@@ -225,13 +238,27 @@ class Simulation:
         else:
             node.crash()
         self._applied(f"{node.name} {'stopped' if clean else 'crashed'}")
+        return self._restarter(node)
 
+    def _fault_wipe(self) -> Callable[[], None] | None:
+        if self._wiped or not self._up():
+            return None
+        self._wiped = True
+        node = self.rng.choice(self._up())
+        node.crash()
+        self.disks.wipe(node.name, keep_record=True)
+        self._applied(f"{node.name} crashed and lost its data (node.cbor kept)")
+        return self._restarter(node)
+
+    def _restarter(self, node: SimNode) -> Callable[[], None]:
+        """The heal of a node that went down: start it again, and while it cannot start (its
+        disk fails), try again a second later, as an operator or supervisor would."""
         def restart() -> None:
             if node.up:
                 return
             if node.boot():
                 self._applied(f"{node.name} restarted")
-            else:  # its disk fails: an operator (or systemd) tries again a bit later
+            else:
                 self.world.after(1.0, restart)
         return restart
 
