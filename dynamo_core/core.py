@@ -1009,9 +1009,11 @@ class NodeCore:
         self.membership.seeds = tuple(dict.fromkeys([*self.membership.seeds, seed]))
         if self.membership.me.status == "removed" and not msg.body.get("keep_data"):
             self._drop_stale_data("it was removed from the cluster and is joining again")
-        if self.membership.me.status not in ("up", "joining"):
-            self.membership.update_me(status="joining")
-            self._save_identity()
+        # Above any removal of it, even one it has not heard of yet: restarted after it was
+        # removed and told to join at once, it would otherwise learn of the removal next
+        # and stay out for good.
+        self.membership.join_again()
+        self._save_identity()
         self._emit(Connect(seed))
         self.spawn("join", self._gossip_soon(seed))
         self.log.info("joining the cluster through %s", seed)

@@ -179,6 +179,16 @@ class Membership:
         self._set(replace(me, version=me.version + 1, **changes))
         return self.me
 
+    def join_again(self) -> Member:
+        """This node was told to join (``dynamo join``): raise its own record past any
+        removal of it, one it has heard of or one still on its way (a removal raises the
+        removed node's record by REMOVAL_STEP, see :func:`removal_of`). Off the ring it
+        comes back joining; a removal made after the join outvotes it in turn."""
+        me = self.me
+        status = me.status if me.status in RING_STATUSES else "joining"
+        self._set(replace(me, status=status, version=me.version + REMOVAL_STEP))
+        return self.me
+
     def merge(self, remote: Iterable[Member]) -> bool:
         """Fold in records from a peer; True when anything this node knows changed."""
         changed = False

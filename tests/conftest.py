@@ -19,9 +19,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ LOG_TAIL_CHARS = 4000
 BASE_CONFIG: dict[str, Any] = {"cluster": {"gossip_interval": 0.2}}
 
 #: Clusters that are running right now, so a failing test can show their logs.
-_ACTIVE: list["Cluster"] = []
+_ACTIVE: list[Cluster] = []
 
 
 # ====================================================================== helpers

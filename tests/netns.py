@@ -223,7 +223,7 @@ class Agent:
         with open(stderr_path or os.devnull, "ab") as err:
             # preexec_fn only calls prctl, which is safe between fork and exec.
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=err, preexec_fn=die_with_parent)  # noqa: PLW1509
+                                         stderr=err, preexec_fn=die_with_parent)
 
     def call(self, op: str, **kwargs: Any) -> Any:
         """Run one client call in the namespace; raises AgentError on any failure."""

@@ -19,10 +19,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import free_port, free_port_run, wait_for
 
 from dynamo_core.client import Client
-
-from conftest import free_port, free_port_run, wait_for
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.cluster]
 

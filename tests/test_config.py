@@ -343,7 +343,7 @@ def test_a_bucket_resolver_must_be_text(tmp_path, value):
             "text")
 
 
-# ====================================================================== the same rules without a file
+# ================================================================== the same rules without a file
 
 
 def test_from_mapping_applies_the_same_rules():

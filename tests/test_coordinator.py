@@ -894,7 +894,8 @@ def test_get_fails_with_quorum_not_met_when_too_few_replicas_can_answer(net):
     net.assert_settled()
 
 
-def test_two_puts_with_the_same_context_become_siblings_and_a_put_with_their_context_leaves_one(net):
+def test_two_puts_with_the_same_context_become_siblings_and_a_put_with_their_context_leaves_one(
+        net):
     net.put("n1", "cart", ["book"])
     net.put("n1", "cart", ["pen"])  # same (empty) context, same coordinator
     values, ctx = net.get("n2", "cart", r=2)
@@ -1244,7 +1245,7 @@ def test_no_internal_map_grows_after_many_completed_operations():
             net.make_failing("n2")
         elif i % 5 == 2:
             net.make_slow("n2")
-        values, ctx = net.get(via, key, r=2, resolver=resolver if i % 3 else None) \
+        _, ctx = net.get(via, key, r=2, resolver=resolver if i % 3 else None) \
             if i % 5 != 1 else ([], None)
         client = net.start_put(via, key, [i], ctx, w=2)
         net.release()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -24,8 +25,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from conftest import free_port, wait_for
@@ -432,7 +434,7 @@ def test_periodic_tasks_run_at_about_their_interval_under_the_background_budget(
         for task in ("tick", "tock"):  # a coroutine and a plain function
             starts = [r[1] for r in runs if r[0] == task]
             assert 6 <= len(starts) <= 12, (task, len(starts))
-            gaps = [b - a for a, b in zip(starts, starts[1:])]
+            gaps = [b - a for a, b in itertools.pairwise(starts)]
             # Jittered by 10%, never early.
             assert min(gaps) >= 0.085, gaps
             assert 0.09 <= statistics.median(gaps) <= 0.2, gaps
@@ -452,7 +454,7 @@ def test_runs_of_one_periodic_task_never_overlap() -> None:
         probe = plugin("probe").STATES["t2"]
         assert len(probe.runs) >= 4
         assert probe.overlaps["tick"] == 0
-        for earlier, later in zip(probe.runs, probe.runs[1:]):
+        for earlier, later in itertools.pairwise(probe.runs):
             assert later[1] >= earlier[2]
 
     run(scenario())
@@ -607,7 +609,8 @@ def test_membership_hook_on_join_and_removal_and_raising_hooks_are_isolated() ->
                                           "sender": "mb"}]
             # a's failure detector gives up on b: an opinion, not a membership change.
             seen = len(events(a, "membership"))
-            await until(lambda: [m.state for m in a.core.extensions.api.members()] == ["up", "down"],
+            await until(lambda: [m.state for m in a.core.extensions.api.members()]
+                        == ["up", "down"],
                         5, "a to consider b down")
             assert len(events(a, "membership")) == seen
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from statistics import NormalDist
-from typing import Any, Mapping
+from typing import Any
 
 import pluggy
 import pytest

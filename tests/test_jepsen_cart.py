@@ -8,8 +8,8 @@ node address (four clients over three nodes: two share one), add their own uniqu
 the paper's loop: get, merge the siblings client-side with the bucket's resolver, add the
 item, put with the get's context. Odd-numbered clients read with ``resolve=False``, so
 they get the siblings unmerged and only their own client-side merge
-(``GetResult.resolve``) stands between a sibling and its loss. A worker counts an add as acknowledged only when its put
-returned without raising.
+(``GetResult.resolve``) stands between a sibling and its loss. A worker counts an add as
+acknowledged only when its put returned without raising.
 
 Three scenarios, one test each: no fault; one node paused (SIGSTOP, then SIGCONT) mid-run;
 one node killed (SIGKILL) mid-run and restarted with the same data directory.

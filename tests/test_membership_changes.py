@@ -1,11 +1,17 @@
-"""Join, leave and remove against real node processes, with data in the cluster.
+"""Leave and join against real node processes, with data in the cluster.
+
+What only real processes can show: a node that has left hands its ranges off over real
+sockets and then its process exits with status 0; a node started with no seeds joins when
+told to (the adapter connects to a seed it had never heard of) and reads during the join
+hold while two homes are frozen with SIGSTOP. The protocol logic of join, leave and remove
+(the fair share moved, N copies on exactly the homes, a removed node rebuilt, a node that
+left staying out) is specified on the simulator, with the same test names and more keys,
+in ``test_sim_membership.py``.
 
 Each test loads keys into a cluster (N = 3), changes its membership while a reader thread
-reads keys back the whole time, and then checks what the issue promises: only about the new
-node's fair share of replica copies moves, no read fails, and afterwards every key has
-exactly N copies, on exactly its home nodes (``inspect``, one node's local storage).
-
-Figures are printed; run with ``-s`` to see them.
+reads keys back the whole time, and then checks that no read fails and that afterwards
+every key has exactly N copies, on exactly its home nodes (``inspect``, one node's local
+storage). Figures are printed; run with ``-s`` to see them.
 """
 
 from __future__ import annotations
@@ -28,11 +34,9 @@ from dynamo_core.errors import DynamoError
 pytestmark = pytest.mark.cluster
 
 N = 3
-#: Keys in the cluster a fifth node joins: the issue's figure. Loading them takes about a
-#: quarter of the test's time on two cores.
-JOIN_KEYS = 5000
-#: Keys in the clusters a node leaves or is removed from.
-KEYS = 1500
+#: Keys in the cluster a node leaves (the simulator twin moves 1500; here the point is the
+#: process and its sockets).
+KEYS = 600
 #: Keys whose copies are checked one by one with ``inspect`` on every node.
 SAMPLE = 150
 
@@ -133,36 +137,6 @@ class Reader(threading.Thread):
                 f"max {ordered[-1] * 1000:.0f} ms")
 
 
-class Writer(threading.Thread):
-    """Writes new keys until stopped (W = 2); remembers the ones acknowledged."""
-
-    def __init__(self, addresses: list[str], prefix: str) -> None:
-        super().__init__(daemon=True)
-        self.addresses = addresses
-        self.prefix = prefix
-        self.stopping = threading.Event()
-        self.written: dict[str, Any] = {}
-        self.failures: list[tuple[str, str]] = []
-
-    def run(self) -> None:
-        with Client(self.addresses, timeout=5.0) as c:
-            i = 0
-            while not self.stopping.is_set():
-                key = f"{self.prefix}-{i}"
-                try:
-                    c.put(key, i)
-                    self.written[key] = i
-                except DynamoError as exc:
-                    self.failures.append((key, repr(exc)))
-                i += 1
-                time.sleep(0.02)
-
-    def finish(self) -> None:
-        self.stopping.set()
-        self.join(timeout=15)
-        assert not self.is_alive(), "the writer did not stop"
-
-
 def start_without_seeds(cl: Cluster, name: str) -> None:
     """Start one more node that knows nobody; it joins only when told to."""
     node = NodeProcess(name, free_port(), cl.root / name / "data", cl.root / f"{name}.log")
@@ -179,62 +153,6 @@ def start_without_seeds(cl: Cluster, name: str) -> None:
             return c.ping(node=node.address) == name
 
     wait_for(answers, 15, f"{name} to answer")
-
-
-# ====================================================================== join
-
-
-def test_a_joining_node_takes_its_fair_share_while_reads_and_writes_keep_working(cluster):
-    started = time.monotonic()
-    cl = cluster(4, config=CONFIG)
-    old = list(cl.names)
-    keys = {f"join-{i}": i for i in range(JOIN_KEYS)}
-    load(cl, keys)
-    loaded = time.monotonic()
-    before = wait_for(lambda: converged(cl, old, len(keys)), 20, "the four nodes to settle")
-
-    start_without_seeds(cl, "n5")
-    alone = status(cl, "n5")
-    assert [m["name"] for m in alone["members"]] == ["n5"], "a node with no seeds is alone"
-    reader = Reader([cl.address(n) for n in old], keys)
-    writer = Writer([cl.address(n) for n in old], "during-join")
-    reader.start()
-    writer.start()
-    try:
-        time.sleep(0.5)
-        joined_at = time.monotonic()
-        with cl.client("n5") as c:
-            c.join(cl.address("n5"), seed=cl.address("n1"))
-        time.sleep(1.0)  # writes keep landing while ranges move
-        writer.finish()
-        total = len(keys) + len(writer.written)
-        after = wait_for(lambda: converged(cl, cl.names, total), 60,
-                         "the ranges to move and every key to have N copies")
-        took = time.monotonic() - joined_at
-        time.sleep(0.3)
-    finally:
-        reader.finish()
-        writer.finish()
-
-    assert not reader.failures, f"{len(reader.failures)} failed reads: {reader.failures[:5]}"
-    assert not writer.failures, f"{len(writer.failures)} failed writes: {writer.failures[:5]}"
-    assert reader.reads > 50 and len(writer.written) > 10
-    fair = N * total / 5
-    gained = after["n5"]["anti_entropy"]["keys_replicated"]
-    changed = sum(moved(before, after, f)
-                  for f in ("keys_handed_off", "keys_fetched", "keys_sent"))
-    shipped = moved(before, after, "keys_shipped")
-    print(f"\n[join] K={len(keys)} (+{len(writer.written)} written during the join), N={N}: "
-          f"fair share N*K/5 = {fair:.0f}; copies the new node holds = {gained} "
-          f"({gained / fair:.3f}x); copies moved (handed_off + fetched + sent) = {changed} "
-          f"({changed / fair:.3f}x); key copies shipped = {shipped} ({shipped / fair:.3f}x); "
-          f"converged {took:.1f}s after the join; {reader.summary()}; "
-          f"load took {loaded - started:.1f}s")
-    assert gained <= 1.2 * fair
-    assert changed <= 1.2 * fair
-    check_copies(cl, keys, cl.names)
-    # Writes that landed while ranges moved reached their new homes, and only them.
-    check_copies(cl, writer.written, cl.names, sample=None)
 
 
 # ====================================================================== leave
@@ -285,54 +203,6 @@ def test_a_leaving_node_hands_its_ranges_off_then_exits_and_every_key_keeps_n_co
             assert c.get(key).values == [value], key
 
 
-# ====================================================================== remove
-
-
-@pytest.mark.parametrize("strategy, extra", [("strategy-1", 1.0), ("strategy-3", 1.15)])
-def test_a_removed_node_is_rebuilt_from_the_other_replicas(cluster, strategy, extra):
-    # Under strategy 1 exactly the dead node's ranges move. Strategy 3 keeps every node's
-    # share equal, so a few partitions also change hands among the others (``extra``).
-    options = {"strategy": strategy, **({"tokens_per_capacity": 128}
-                                        if strategy == "strategy-1" else {})}
-    cl = cluster(5, config={**CONFIG, "partitioning": options})
-    keys = {f"remove-{i}": i for i in range(KEYS)}
-    load(cl, keys)
-    before = wait_for(lambda: converged(cl, cl.names, len(keys)), 20, "the cluster to settle")
-    dead = "n5"
-    stay = [n for n in cl.names if n != dead]
-    lost = before[dead]["anti_entropy"]["keys_replicated"]
-
-    cl.kill(dead)
-    reader = Reader([cl.address(n) for n in stay], keys)
-    reader.start()
-    try:
-        wait_for(lambda: all(next(m["state"] for m in status(cl, n)["members"]
-                                  if m["name"] == dead) == "down" for n in stay), 10,
-                 f"the others to see {dead} down")
-        removed_at = time.monotonic()
-        with cl.client("n2") as c:
-            c.remove(dead)
-        after = wait_for(lambda: converged(cl, stay, len(keys)), 30,
-                         f"the copies {dead} held to be rebuilt")
-        took = time.monotonic() - removed_at
-        time.sleep(0.3)
-    finally:
-        reader.finish()
-
-    assert not reader.failures, f"{len(reader.failures)} failed reads: {reader.failures[:5]}"
-    rebuilt = sum(moved(before, after, f) for f in ("keys_fetched", "keys_sent"))
-    print(f"\n[remove] {dead} held {lost} copies; anti-entropy rebuilt {rebuilt} of them "
-          f"(read repair the rest) in {took:.1f}s; {reader.summary()}")
-    # Each lost copy is rebuilt once: by anti-entropy, or by read repair when the reader
-    # got to it first.
-    assert rebuilt <= lost * extra
-    for name in stay:
-        seen = {m["name"]: m["status"] for m in status(cl, name)["members"]}
-        assert seen[dead] == "removed", (name, seen)
-    check_copies(cl, keys, stay)
-    assert all(dead not in homes(cl, k, "n1") for k in list(keys)[:50])
-
-
 # ====================================================================== reads while a node joins
 
 
@@ -377,20 +247,3 @@ def test_a_get_during_a_join_does_not_count_the_new_nodes_empty_answer_as_the_ke
         for name in slow:
             os.kill(cl.pid(name), signal.SIGCONT)
     assert values == [keys[key]], f"{key} read as {values} while {order[3]} holds it"
-
-
-def test_a_node_that_left_stays_out_of_the_ring_when_its_process_starts_again(cluster):
-    cl = cluster(4, config=CONFIG)
-    with cl.client("n1") as c:
-        c.leave(cl.address("n4"))
-    proc = cl.nodes["n4"].proc
-    assert proc is not None and proc.wait(timeout=30) == 0
-    wait_for(lambda: all({m["name"]: m["status"] for m in status(cl, n)["members"]}["n4"]
-                         == "removed" for n in ("n1", "n2", "n3")), 10,
-             "the others to see n4 removed")
-
-    cl.spawn("n4")  # same name, same data directory, the same seeds as before
-    time.sleep(2.0)  # ten gossip rounds
-    for name in ("n1", "n2", "n3"):
-        seen = {m["name"]: m["status"] for m in status(cl, name)["members"]}
-        assert seen["n4"] != "up", f"{name} sees n4 back on the ring: {seen}"

@@ -7,7 +7,7 @@ only the differing subtrees and end with exactly the differing keys.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 from hypothesis import assume, given, settings
@@ -151,7 +151,7 @@ def test_incremental_updates_match_a_fresh_rebuild(tokens, ops, depth):
         state[(bucket, key)] = new
     fresh = RangeTrees(ranges, depth)
     fresh.rebuild((b, k, vs) for (b, k), vs in state.items())
-    for a, b in zip(live.trees(), fresh.trees()):
+    for a, b in zip(live.trees(), fresh.trees(), strict=True):
         assert a.root() == b.root()
         assert all(a.leaf_keys(i) == b.leaf_keys(i) for i in range(a.leaves))
 

@@ -203,7 +203,7 @@ def test_asking_for_more_nodes_than_exist_gives_all_of_them() -> None:
     assert Ring(SMALL).preference_list(150, 0) == []
 
 
-# --------------------------------------------------------------------------- walk and preference lists
+# ----------------------------------------------------------------------- walk and preference lists
 
 
 @FAST

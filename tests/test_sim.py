@@ -234,3 +234,24 @@ def test_a_node_in_a_new_actor_epoch_counts_its_dots_from_one_and_clocks_stay_co
     assert version.value == 249
     # one vector entry per actor that wrote the key: n1's two epochs (at most)
     assert len(version.history()) <= 3, version.history().to_wire()
+
+
+def test_a_node_that_lost_its_storage_but_kept_its_identity_file_never_reuses_a_dot() -> None:
+    """Riak's kv679: the data directory is empty (a replaced volume) but ``node.cbor``
+    survived. Reusing the actor would reissue dots its old versions carry, and a blind put
+    would then be swallowed by replicas whose clocks already cover that dot."""
+    cluster = SimCluster(3, seed=4)
+    cluster.start()
+    client = cluster.client(via=["n1"])
+    context = None
+    for i in range(5):
+        context = client.put("k", f"old-{i}", context, node="n1")
+    cluster.crash("n1")
+    cluster.disks.wipe("n1", keep_record=True)
+    cluster.restart("n1")
+    cluster.run(0.1)  # it knows its peers from node.cbor; anti-entropy has not refilled it
+    client.put("k", "blind", node="n1")  # no context: a sibling of what is there
+    keys = [("default", "k")]
+    cluster.run_until(lambda: cluster.divergence(keys) is None, 60.0, "replicas to converge")
+    values = client.get("k", node="n2").values
+    assert "blind" in values, f"the acknowledged blind put is gone: {values}"

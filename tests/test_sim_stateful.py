@@ -200,29 +200,10 @@ class ClusterMachine(RuleBasedStateMachine):
             if not node.up and not node.has_left:
                 self.cluster.restart(name)
         keys = [*((CART_BUCKET, k) for k in CARTS), *((REGISTER_BUCKET, k) for k in REGISTERS)]
-        self.cluster.run_until(lambda: self._converged(keys), CONVERGE_WITHIN,
+        self.cluster.run_until(lambda: self.cluster.divergence(keys) is None, CONVERGE_WITHIN,
                                "the healed cluster to converge")
         verdict = check(self.history, self._final(keys))
         assert verdict.ok, "\n".join(verdict.findings())
-
-    def _converged(self, keys: list[tuple[str, str]]) -> bool:
-        running = [self.cluster.nodes[n] for n in self.members()
-                   if not self.cluster.nodes[n].has_left]
-        cores = [n.core for n in running if n.core is not None]
-        if len(cores) < len(running) or not cores:
-            return False
-        if any(c.hints.pending() or c.anti_entropy.stats()["unowned"] for c in cores):
-            return False
-        views = {tuple((m.name, m.status) for m in c.membership.live_members()) for c in cores}
-        if len(views) > 1:
-            return False
-        for bucket, key in keys:
-            homes = self.cluster.homes(bucket, key, view=running[0].name)
-            held = {tuple(v.fingerprint for v in self.cluster.core(h).store.read(bucket, key))
-                    for h in homes}
-            if len(held) > 1:
-                return False
-        return True
 
     def _final(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], list[Any]]:
         final = {}

@@ -499,9 +499,9 @@ def test_a_refused_tag_on_the_envelope_itself_is_refused(codec):
 
 @pytest.mark.parametrize("raw, expected", [
     (tag(0, text_item("2020-01-02T03:04:05Z")),
-     datetime.datetime(2020, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)),
+     datetime.datetime(2020, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)),
     (tag(1, cbor2.dumps(1_500_000_000)),
-     datetime.datetime.fromtimestamp(1_500_000_000, datetime.timezone.utc)),
+     datetime.datetime.fromtimestamp(1_500_000_000, datetime.UTC)),
     (tag(2, cbor2.dumps(b"\x01" + b"\x00" * 16)), 2 ** 128),
     (tag(3, cbor2.dumps(b"\x01" + b"\x00" * 16)), -(2 ** 128) - 1),
     (tag(37, cbor2.dumps(uuid.UUID(int=12345).bytes)), uuid.UUID(int=12345)),
@@ -523,7 +523,7 @@ def test_a_safe_tag_with_malformed_content_is_refused(codec, raw):
 
 
 def test_safe_tagged_values_round_trip_through_the_codec(codec):
-    value = {"when": datetime.datetime(2021, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),
+    value = {"when": datetime.datetime(2021, 5, 6, 7, 8, 9, tzinfo=datetime.UTC),
              "id": uuid.UUID(int=7), "big": -(2 ** 100), "tags": {"a", "b"}}
     data = codec.encode("put", put_body(value=value))
     assert codec.decode(data).body["value"] == value

@@ -6,7 +6,8 @@ records what its writer had read), never from the vector clocks the nodes keep: 
 issues a dot twice makes the clocks themselves lie, and a checker that trusted them would
 lie along.
 
-* **lost**: an acknowledged cart add whose item is not in the final cart; an acknowledged
+* **lost**: an acknowledged cart add (``cart-union``, and ``orset-cart`` where that
+  example package is installed) whose item is not in the final cart; an acknowledged
   put whose value is neither in the final state nor *covered*, that is read (and so
   superseded) by a later write whose own value survives or is covered in turn, or by a
   delete that may have been applied;
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clients import CART_BUCKET, History, Operation
+from .clients import CartModel, History, Operation, cart_models
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,11 @@ class Verdict:
 FinalState = Mapping[tuple[str, str], list[Any]]
 
 
-def check(history: History, final: FinalState, problems: Iterable[str] = ()) -> Verdict:
-    """Judge the history against the final state of every key the clients touched."""
+def check(history: History, final: FinalState, problems: Iterable[str] = (),
+          carts: Iterable[CartModel] | None = None) -> Verdict:
+    """Judge the history against the final state of every key the clients touched; keys of
+    a cart bucket (``carts``: every kind the clients fill) are judged as carts."""
+    by_bucket = {model.bucket: model for model in (cart_models() if carts is None else carts)}
     verdict = Verdict(acknowledged=len(history.acknowledged()),
                       duplicates=history.duplicate_answers, problems=list(problems))
     by_key: dict[tuple[str, str], list[Operation]] = defaultdict(list)
@@ -74,22 +78,17 @@ def check(history: History, final: FinalState, problems: Iterable[str] = ()) -> 
         by_key[(op.bucket, op.key)].append(op)
     for (bucket, key), ops in sorted(by_key.items()):
         values = final.get((bucket, key), [])
-        if bucket == CART_BUCKET:
-            verdict.lost.extend(_lost_cart_adds(bucket, key, ops, values))
+        if bucket in by_bucket:
+            verdict.lost.extend(_lost_cart_adds(by_bucket[bucket], key, ops, values))
         else:
             verdict.lost.extend(_lost_puts(bucket, key, ops, values))
             verdict.resurrected.extend(_resurrected(bucket, key, ops, values))
     return verdict
 
 
-def cart_items(values: Iterable[Any]) -> set[Any]:
-    """The items of a cart-union cart: the union of its siblings' lists."""
-    return {item for value in values if isinstance(value, list) for item in value}
-
-
-def _lost_cart_adds(bucket: str, key: str, ops: list[Operation],
+def _lost_cart_adds(model: CartModel, key: str, ops: list[Operation],
                     values: list[Any]) -> list[Finding]:
-    items = cart_items(values)
+    items, bucket = model.items(values), model.bucket
     return [Finding("lost", bucket, key, f"acknowledged add of {op.value!r} is not in the "
                     f"final cart of {len(items)} items", (op.id,))
             for op in ops if op.kind == "add" and op.outcome == "ok" and op.value not in items]

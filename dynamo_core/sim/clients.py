@@ -20,6 +20,8 @@ whether a write survived or was superseded by a writer who saw it.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +35,56 @@ from .network import Network
 from .world import World
 
 CART_BUCKET = "carts"
+ORSET_BUCKET = "orset-carts"
 REGISTER_BUCKET = "default"
+
+
+@dataclass(frozen=True)
+class CartModel:
+    """How a client adds an item to a cart of one resolver, and what a cart holds."""
+
+    bucket: str
+    resolver: str
+    #: the value to write back: the carts read (siblings), the new item, the writer
+    add: Callable[[list[Any], str, str], Any]
+    #: the items a cart's sibling values hold
+    items: Callable[[list[Any]], set[Any]]
+
+
+def _union_items(values: list[Any]) -> set[Any]:
+    return {item for value in values if isinstance(value, list) for item in value}
+
+
+CART_UNION = CartModel(CART_BUCKET, "cart-union",
+                       lambda values, item, actor: sorted(_union_items(values) | {item}),
+                       _union_items)
+
+
+def orset_model() -> CartModel | None:
+    """The ``orset-cart`` example resolver's carts, when that package is installed (as a
+    plugin: the nodes must find its resolver through its entry point)."""
+    if not any(ep.name == "orset-cart"
+               for ep in importlib.metadata.entry_points(group="dynamo")):
+        return None
+    try:
+        orset = importlib.import_module("dynamo_orset_cart")
+    except ImportError:
+        return None
+
+    def add(values: list[Any], item: str, actor: str) -> Any:
+        cart = orset.Cart.from_values(values, actor=actor)
+        cart.add(item)
+        return cart.to_value()
+
+    def items(values: list[Any]) -> set[Any]:
+        return set(orset.Cart.from_values(values, actor="checker").items())
+
+    return CartModel(ORSET_BUCKET, "orset-cart", add, items)
+
+
+def cart_models() -> list[CartModel]:
+    """Every kind of cart the clients fill: cart-union always, orset-cart if installed."""
+    return [CART_UNION, *filter(None, [orset_model()])]
 
 
 @dataclass
@@ -100,8 +151,10 @@ class SimClient:
     the virtual clock (the node core's scheduler, with the client's own calls)."""
 
     def __init__(self, name: str, world: World, network: Network, addresses: list[str],
-                 history: History, workload: Workload, budget: Callable[[], bool]) -> None:
+                 history: History, workload: Workload, budget: Callable[[], bool],
+                 carts: list[CartModel]) -> None:
         self.name = name
+        self.carts = carts
         self.world = world
         self.network = network
         self.addresses = addresses
@@ -211,7 +264,8 @@ class SimClient:
             await tasks.sleep(self.rng.expovariate(1.0 / w.think))
             kind = self.rng.choices(kinds, weights=w.mix)[0]
             if kind == "add":
-                await self.add_to_cart(f"cart{self.rng.randrange(w.cart_keys)}")
+                model = self.carts[self.rng.randrange(len(self.carts))]
+                await self.add_to_cart(model, f"cart{self.rng.randrange(w.cart_keys)}")
             else:
                 await self.register(kind, f"reg{self.rng.randrange(w.register_keys)}")
 
@@ -228,19 +282,19 @@ class SimClient:
                 problem = f"{type(exc).__name__}: {exc}"
         return None, problem
 
-    async def add_to_cart(self, key: str) -> None:
+    async def add_to_cart(self, model: CartModel, key: str) -> None:
         self._items += 1
         item = f"{self.name}-{self._items}"
-        op = self.history.new(client=self.name, kind="add", bucket=CART_BUCKET, key=key,
+        op = self.history.new(client=self.name, kind="add", bucket=model.bucket, key=key,
                               start=self.world.now, value=item)
-        result, where = await self.read(CART_BUCKET, key)
+        result, where = await self.read(model.bucket, key)
         if result is None:
             self._finish(op, "refused", f"its read failed: {where}")
             return
-        items = sorted({i for cart in result.values if isinstance(cart, list) for i in cart})
-        op.seen = items
-        await self._write(op, self.protocol.put_body(CART_BUCKET, key, [*items, item],
-                                                     result.context, None, False), "put")
+        op.seen = sorted(model.items(result.values))
+        value = model.add(result.values, item, self.name)
+        await self._write(op, self.protocol.put_body(model.bucket, key, value, result.context,
+                                                     None, False), "put")
 
     async def register(self, kind: str, key: str) -> None:
         value = f"{self.name}-v{len(self.history.operations) + 1}"

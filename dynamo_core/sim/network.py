@@ -3,8 +3,9 @@
 It plays the part ZeroMQ plays in production and is reached the same way, through a
 :class:`~dynamo_core.transport.Transport` (:class:`SimTransport`). What it models:
 
-* **latency** per frame: a base delay plus exponential jitter, so frames on one link can
-  overtake each other (reordering; TCP would not, so this is harsher than production);
+* **latency** per frame: the link's own base delay (each directed link draws one, near
+  and far peers) plus exponential jitter, so frames on one link can overtake each other
+  (reordering; TCP would not, so this is harsher than production);
 * **loss** and **duplication** of frames between nodes, each with a probability;
 * **partitions**: any set of directed links cut (a split, or one direction only); frames on
   a cut link vanish, as they do when a ZeroMQ connection stalls;
@@ -48,6 +49,8 @@ class Endpoint:
 class Conditions:
     """What the network does to frames right now (the faults change it)."""
 
+    #: the mean base latency of a link; each directed link draws its own, once, between
+    #: half and twice this (near and far peers), and every frame adds exponential jitter
     latency: float = 0.0005
     jitter: float = 0.0005
     loss: float = 0.0
@@ -64,6 +67,7 @@ class Network:
         self.rng = world.rng
         self.conditions = Conditions()
         self.endpoints: dict[str, Endpoint] = {}
+        self._link_factors: dict[tuple[str, str], float] = {}
         self._by_address: dict[str, str] = {}
         self.sent = 0
         self.delivered = 0
@@ -126,10 +130,17 @@ class Network:
             return
         copies = 2 if between_nodes and c.duplicate and self.rng.random() < c.duplicate else 1
         self.duplicated += copies - 1
-        base = c.latency + c.extra_delay.get((src, dst.name), 0.0)
+        base = self._link_latency(src, dst.name) + c.extra_delay.get((src, dst.name), 0.0)
         for _ in range(copies):
             delay = base + self.rng.expovariate(1.0 / c.jitter) if c.jitter else base
             self.world.after(delay, self._arrival(src, dst.name, frame, deliver))
+
+    def _link_latency(self, src: str, dst: str) -> float:
+        """The link's own base latency: drawn at its first frame, then fixed."""
+        factor = self._link_factors.get((src, dst))
+        if factor is None:
+            factor = self._link_factors[(src, dst)] = self.rng.uniform(0.5, 2.0)
+        return self.conditions.latency * factor
 
     def _arrival(self, src: str, dst: str, frame: bytes,
                  deliver: Callable[[Endpoint], None]) -> Callable[[], None]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..versions import Version, live, reconcile
 from .checker import Verdict, check
-from .clients import CART_BUCKET, REGISTER_BUCKET, History, SimClient, Workload
+from .clients import REGISTER_BUCKET, History, SimClient, Workload, cart_models
 from .harness import SETTLE_SECONDS, SimCluster
 from .node import SimNode
 
@@ -132,9 +132,10 @@ class Simulation:
         self.workload = Workload(ops=spec.ops, cart_keys=spec.keys, register_keys=spec.keys,
                                  think=spec.think)
         self._ops_left = spec.ops
+        self.carts = cart_models()
         self.clients = [SimClient(f"c{i}", self.world, self.network,
                                   [self.cluster.address(n) for n in self.nodes], self.history,
-                                  self.workload, self._take_op)
+                                  self.workload, self._take_op, self.carts)
                         for i in range(1, spec.clients + 1)]
         self.faults_applied: list[str] = []
         self._heals: dict[int, Callable[[], None]] = {}
@@ -178,7 +179,7 @@ class Simulation:
                                  f"of the heal: {self._divergence()}")
         self.problems.extend(f"client {c.name} crashed: {c.crashed}" for c in self.clients
                              if c.crashed)
-        verdict = check(self.history, self.final_state(), self.problems)
+        verdict = check(self.history, self.final_state(), self.problems, self.carts)
         return Report(self.spec, verdict, converged_after, self.world.now,
                       time.monotonic() - started, self.ops_wall_seconds,
                       self.world.trace_sha256(), self.world.events, self.network.delivered,
@@ -350,7 +351,8 @@ class Simulation:
 
     def _keys(self) -> list[tuple[str, str]]:
         w = self.workload
-        return [*((CART_BUCKET, f"cart{i}") for i in range(w.cart_keys)),
+        return [*((model.bucket, f"cart{i}") for model in self.carts
+                  for i in range(w.cart_keys)),
                 *((REGISTER_BUCKET, f"reg{i}") for i in range(w.register_keys))]
 
     def _divergence(self) -> str | None:

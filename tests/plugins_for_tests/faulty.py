@@ -7,7 +7,7 @@ still hear about the event, requests are still answered. :data:`CALLS` counts th
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from dynamo_core.hookspecs import NodeAPI, PeerView, RequestEvent, hookimpl
 

@@ -6,7 +6,8 @@ node's codec can notice that two extensions want one message type.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from dynamo_core.hookspecs import MessageType, NodeAPI, ProtocolExtension, Request, hookimpl
 

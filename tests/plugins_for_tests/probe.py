@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from dynamo_core.hookspecs import (
     Field,
@@ -46,7 +47,7 @@ from dynamo_core.hookspecs import (
 NAME = "probe"
 
 #: node name -> the state of the probe extension built for it last
-STATES: dict[str, "Probe"] = {}
+STATES: dict[str, Probe] = {}
 
 TEXT = Field(text(200))
 NUMBER = Field(of_type(int, float, what="a number of seconds"))

@@ -15,7 +15,8 @@ processes); ``recorder.note`` logs ``{"kind": "note", "text", "sender"}``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from dynamo_core.hookspecs import (
     Field,
