@@ -21,9 +21,9 @@ import zmq
 from . import errors
 from .api import Resolver, Sibling
 from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
-from .transport import SocketReader, configure
 from .versions import context_from_text
 from .wire import Codec, Message, check_value
+from .zmq_transport import SocketReader, configure
 
 DEFAULT_BUCKET = "default"
 DEFAULT_TIMEOUT = 5.0

@@ -14,15 +14,15 @@ import logging
 import os
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 from . import tasks
 from .config import Config
-from .core import Answer, Await, Connect, CoreEffect, Left, NodeCore, Transmit
-from .transport import SendFailed, Transport, ZmqTransport
+from .core import Await, CoreEffect, NodeCore
+from .transport import Transport, carry_out
+from .zmq_transport import ZmqTransport
 
 log = logging.getLogger(__name__)
 
@@ -113,30 +113,10 @@ class Node:
 
     def _carry_out(self, effects: list[CoreEffect]) -> None:
         try:
-            self._effects(effects)
+            carry_out(self.core, effects, self.transport, self._now,
+                      run=self._start_external, left=self.left.set)
         finally:
             self._arm()  # whatever went wrong, the node keeps its timer
-
-    def _effects(self, effects: list[CoreEffect]) -> None:
-        queue = deque(effects)
-        while queue:
-            effect = queue.popleft()
-            if isinstance(effect, Transmit):
-                try:
-                    self.transport.send(effect.address, effect.frame)
-                except SendFailed as exc:
-                    queue.extend(self.core.send_failed(effect, str(exc), self._now()))
-            elif isinstance(effect, Answer):
-                self.transport.reply(effect.identity, effect.frame)
-            elif isinstance(effect, Connect):
-                try:
-                    self.transport.connect(effect.address)
-                except SendFailed as exc:
-                    log.debug("%s: cannot connect to %s: %s", self.name, effect.address, exc)
-            elif isinstance(effect, Await):
-                self._start_external(effect)
-            elif isinstance(effect, Left):
-                self.left.set()
 
     def _arm(self) -> None:
         """One timer, at the core's next deadline; re-armed only when that changes."""

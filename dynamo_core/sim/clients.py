@@ -39,14 +39,19 @@ ORSET_BUCKET = "orset-carts"
 REGISTER_BUCKET = "default"
 
 
+#: One client's way of adding to carts: ``(key, sibling values read, new item)`` -> the
+#: value to write back with the read's context.
+Adder = Callable[[str, list[Any], str], Any]
+
+
 @dataclass(frozen=True)
 class CartModel:
-    """How a client adds an item to a cart of one resolver, and what a cart holds."""
+    """How clients of one resolver's carts add an item, and what a cart holds."""
 
     bucket: str
     resolver: str
-    #: the value to write back: the carts read (siblings), the new item, the writer
-    add: Callable[[list[Any], str, str], Any]
+    #: a client's adder, given the client's name (its actor)
+    writer: Callable[[str], Adder]
     #: the items a cart's sibling values hold
     items: Callable[[list[Any]], set[Any]]
 
@@ -55,9 +60,11 @@ def _union_items(values: list[Any]) -> set[Any]:
     return {item for value in values if isinstance(value, list) for item in value}
 
 
-CART_UNION = CartModel(CART_BUCKET, "cart-union",
-                       lambda values, item, actor: sorted(_union_items(values) | {item}),
-                       _union_items)
+def _union_writer(actor: str) -> Adder:
+    return lambda key, values, item: sorted(_union_items(values) | {item})
+
+
+CART_UNION = CartModel(CART_BUCKET, "cart-union", _union_writer, _union_items)
 
 
 def orset_model() -> CartModel | None:
@@ -71,15 +78,23 @@ def orset_model() -> CartModel | None:
     except ImportError:
         return None
 
-    def add(values: list[Any], item: str, actor: str) -> Any:
-        cart = orset.Cart.from_values(values, actor=actor)
-        cart.add(item)
-        return cart.to_value()
+    def writer(actor: str) -> Adder:
+        """As the package asks of an actor: keep each cart between writes and merge every
+        new read into it, so that the actor always writes from a state holding its own
+        earlier adds (a stale read alone would number two adds alike)."""
+        carts: dict[str, Any] = {}
+
+        def add(key: str, values: list[Any], item: str) -> Any:
+            cart = carts.setdefault(key, orset.Cart(actor))
+            cart.merge(orset.Cart.from_values(values, actor=actor))
+            cart.add(item)
+            return cart.to_value()
+        return add
 
     def items(values: list[Any]) -> set[Any]:
         return set(orset.Cart.from_values(values, actor="checker").items())
 
-    return CartModel(ORSET_BUCKET, "orset-cart", add, items)
+    return CartModel(ORSET_BUCKET, "orset-cart", writer, items)
 
 
 def cart_models() -> list[CartModel]:
@@ -155,6 +170,7 @@ class SimClient:
                  carts: list[CartModel]) -> None:
         self.name = name
         self.carts = carts
+        self._adders = {model.bucket: model.writer(name) for model in carts}
         self.world = world
         self.network = network
         self.addresses = addresses
@@ -292,7 +308,7 @@ class SimClient:
             self._finish(op, "refused", f"its read failed: {where}")
             return
         op.seen = sorted(model.items(result.values))
-        value = model.add(result.values, item, self.name)
+        value = self._adders[model.bucket](key, result.values, item)
         await self._write(op, self.protocol.put_body(model.bucket, key, value, result.context,
                                                      None, False), "put")
 

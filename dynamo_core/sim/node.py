@@ -10,14 +10,13 @@ it acknowledged), restart it, and skew its wall clock.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 from random import Random
 from typing import Any
 
 from ..config import Config
-from ..core import Answer, Await, Connect, CoreEffect, Left, NodeCore, Transmit
-from ..transport import SendFailed
+from ..core import Await, CoreEffect, NodeCore
+from ..transport import carry_out
 from .disk import Disks
 from .network import Network, SimTransport
 from .world import World
@@ -191,29 +190,25 @@ class SimNode:
     # ------------------------------------------------------------------ effects out
 
     def _carry_out(self, effects: list[CoreEffect]) -> None:
-        queue = deque(effects)
-        while queue and self.core is not None:
-            effect = queue.popleft()
-            if isinstance(effect, Transmit):
-                try:
-                    self.transport.send(effect.address, effect.frame)
-                except SendFailed as exc:
-                    queue.extend(self.core.send_failed(effect, str(exc), self.monotonic()))
-            elif isinstance(effect, Answer):
-                self.transport.reply(effect.identity, effect.frame)
-            elif isinstance(effect, Await):
-                # Extensions run on the core's own scheduler here (CoreEdge): none reach us.
-                queue.extend(self.core.resume(effect.resume, RuntimeError(
-                    "the simulator runs no asyncio code"), self.monotonic()))
-            elif isinstance(effect, Left):
-                self.has_left = True
-                self.world.note(f"{self.name} has left the cluster")
-            elif not isinstance(effect, Connect):
-                raise TypeError(f"unknown effect {effect!r}")
+        if self.core is None:
+            return
+        carry_out(self.core, effects, self.transport, self.monotonic, run=self._no_asyncio,
+                  left=self._left)
         if self.has_left and self.core is not None and not self._stopping:
             self.stop()  # as a real node process exits once it has left
             return
         self._arm()
+
+    def _no_asyncio(self, effect: Await) -> None:
+        """Extensions run on the core's own scheduler here (CoreEdge): no coroutine of
+        another world reaches the simulator; should one, it is told so."""
+        assert self.core is not None
+        self._carry_out(self.core.resume(effect.resume, RuntimeError(
+            "the simulator runs no asyncio code"), self.monotonic()))
+
+    def _left(self) -> None:
+        self.has_left = True
+        self.world.note(f"{self.name} has left the cluster")
 
     def _arm(self) -> None:
         if self.core is None:
