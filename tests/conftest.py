@@ -154,6 +154,8 @@ class NodeProcess:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen | None = None
+    #: wall-clock time of the latest spawn (what the node has heard since counts)
+    started_at: float = 0.0
 
     @property
     def address(self) -> str:
@@ -240,6 +242,7 @@ class Cluster:
         node = self.nodes[name]
         assert not node.running, f"{name} is already running"
         node.data_dir.mkdir(parents=True, exist_ok=True)
+        node.started_at = time.time()
         with open(node.log_path, "ab") as log:
             node.proc = subprocess.Popen(self.command(name), stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log)
@@ -268,11 +271,18 @@ class Cluster:
                        grace=STOP_GRACE)
 
     def wait_converged(self, timeout: float = START_TIMEOUT) -> None:
-        """Wait until every running node's status lists every member of the cluster."""
+        """Wait until every running node's status lists every member of the cluster and it
+        has heard from every other running node since it (re)started.
+
+        Listing the members is not enough: a restarted node knows them from ``node.cbor``
+        at once, before its connections to them are up, and a request it coordinates then
+        finds no peer to send to.
+        """
         expected = set(self.nodes)
         pending = set(self.running())
 
         def converged() -> bool:
+            running = set(self.running())
             for name in sorted(pending):
                 if not self.nodes[name].running:
                     proc = self.nodes[name].proc
@@ -280,7 +290,11 @@ class Cluster:
                                 f"{proc.returncode if proc else '?'}:\n{self.logs()}")
                 with Client(self.address(name), timeout=0.5) as c:
                     status = c.status(node=self.address(name))
-                if {m["name"] for m in status["members"]} == expected:
+                members = {m["name"]: m for m in status["members"]}
+                since = self.nodes[name].started_at
+                if set(members) == expected and all(
+                        (members[peer]["last_heard"] or 0) >= since
+                        for peer in running - {name}):
                     pending.discard(name)
             return not pending
 
