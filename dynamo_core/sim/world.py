@@ -39,9 +39,6 @@ class World:
     def after(self, delay: float, action: Callable[[], None]) -> None:
         self.at(self.now + max(0.0, delay), action)
 
-    def next_time(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
-
     def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> bool:
         """Run events up to virtual time ``end``; False if ``stop()`` became true first.
 
