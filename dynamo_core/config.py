@@ -102,6 +102,18 @@ _INT_RANGES = {"handoff_max_hints": (1, 100_000_000), "handoff_max_bytes": (1024
 _LIMIT_KEYS = {"max_clock_entries", "max_siblings", "max_message_bytes", "max_pending_requests"}
 
 
+def merge_tables(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over``'s settings on top of ``base``'s, table by table, as a second TOML file
+    would override the first (a test's or a simulation's overrides of a base config)."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_tables(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load(path: str | Path | None) -> Config:
     """Read a TOML file (or nothing: all defaults)."""
     if path is None:

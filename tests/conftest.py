@@ -28,6 +28,7 @@ import pytest
 
 from dynamo_core.client import AsyncClient, Client
 from dynamo_core.cluster import stop_processes
+from dynamo_core.config import merge_tables
 from dynamo_core.errors import DynamoError
 
 START_TIMEOUT = 15.0
@@ -111,16 +112,6 @@ def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
     return out
 
 
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
-            merged[k] = deep_merge(merged[k], v)
-        else:
-            merged[k] = v
-    return merged
-
-
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -174,7 +165,7 @@ class Cluster:
         self.root = root
         self.config_path = root / "config.toml"
         self.config_path.write_text(
-            to_toml(deep_merge(BASE_CONFIG, config or {})) + extra_toml)
+            to_toml(merge_tables(BASE_CONFIG, config or {})) + extra_toml)
         ports = free_ports(k)
         self.nodes: dict[str, NodeProcess] = {}
         for i, port in enumerate(ports, start=1):

@@ -29,7 +29,6 @@ converge after the heal are printed.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ from netns import (
     netns_list,
     unavailable_reason,
 )
+from scenarios import replicas_converged
 
 from dynamo_core.cluster import stop_processes
 
@@ -201,29 +201,6 @@ class NetCluster:
             if agent.proc.stdout:
                 agent.proc.stdout.close()
         stop_processes(list(self.procs.values()), grace=conftest.STOP_GRACE)
-
-
-def version_set(view: dict[str, Any]) -> list[str]:
-    """A replica's versions of a key, each as canonical JSON, sorted (comparable across nodes)."""
-    return sorted(json.dumps({k: v[k] for k in ("value", "clock", "dot", "timestamp",
-                                                 "tombstone")}, sort_keys=True)
-                  for v in view["versions"])
-
-
-def replicas_converged(nc: NetCluster, key: str, bucket: str,
-                       check: Callable[[list[dict[str, Any]]], bool]) -> bool:
-    """Every home holds the same versions (passing ``check``); no node holds a hint or a
-    stray copy of the key. Local reads only: no read repair is triggered by looking."""
-    homes = nc.homes(key, bucket)
-    views = {name: nc.inspect(name, key, bucket) for name in nc.names}
-    if any(views[name]["hints"] for name in nc.names):
-        return False
-    if any(views[name]["versions"] for name in nc.names if name not in homes):
-        return False
-    first = version_set(views[homes[0]])
-    if any(version_set(views[h]) != first for h in homes[1:]):
-        return False
-    return check(views[homes[0]]["versions"])
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import random
 from typing import Any
 
 import pytest
+from scenarios import copies_converged
 
 from dynamo_core.sim import SimCluster
 from dynamo_core.sim.harness import Pending
@@ -56,13 +57,7 @@ def holders(cl: SimCluster, key: str, names: list[str]) -> dict[str, list[Any]]:
 def converged(cl: SimCluster, names: list[str], total_keys: int) -> dict[str, dict[str, Any]]:
     """Every node sees the same members up, holds only what it replicates, and the
     replicas add up to N copies of every key; returns each node's status when so."""
-    views = {n: status(cl, n) for n in names}
-    for view in views.values():
-        up = {m["name"] for m in view["members"] if m["status"] == "up"}
-        if up != set(names) or view["anti_entropy"]["unowned"] or view["hints_pending"]:
-            return {}
-    copies = sum(v["anti_entropy"]["keys_replicated"] for v in views.values())
-    return views if copies == N * total_keys else {}
+    return copies_converged(lambda name: status(cl, name), names, total_keys, N)
 
 
 def check_copies(cl: SimCluster, keys: dict[str, Any], names: list[str]) -> None:

@@ -12,9 +12,9 @@ nodes of every key's preference list: with sloppy quorum both halves reach R=2 a
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from typing import Any
+
+from scenarios import replicas_converged
 
 from dynamo_core.sim import ScriptClient, SimCluster
 
@@ -80,29 +80,6 @@ class Sides:
         self.cl.run_until(lambda: self.sees(all_, all_, "up"), DETECT_TIMEOUT,
                           "every node to see every other up after the heal")
         return round(self.cl.world.now - began, 2)
-
-
-def version_set(view: dict[str, Any]) -> list[str]:
-    """A replica's versions of a key, each as canonical JSON, sorted (comparable across nodes)."""
-    return sorted(json.dumps({k: v[k] for k in ("value", "clock", "dot", "timestamp",
-                                                 "tombstone")}, sort_keys=True)
-                  for v in view["versions"])
-
-
-def replicas_converged(s: Sides, key: str, bucket: str,
-                       check: Callable[[list[dict[str, Any]]], bool]) -> bool:
-    """Every home holds the same versions (passing ``check``); no node holds a hint or a
-    stray copy of the key. Local reads only: no read repair is triggered by looking."""
-    homes = s.homes(key, bucket)
-    views = {name: s.inspect(name, key, bucket) for name in s.names}
-    if any(views[name]["hints"] for name in s.names):
-        return False
-    if any(views[name]["versions"] for name in s.names if name not in homes):
-        return False
-    first = version_set(views[homes[0]])
-    if any(version_set(views[h]) != first for h in homes[1:]):
-        return False
-    return check(views[homes[0]]["versions"])
 
 
 def report(title: str, figures: dict[str, Any]) -> None:

@@ -74,7 +74,7 @@ BASE_CONFIG: dict[str, Any] = {
 def base_config() -> dict[str, Any]:
     """:data:`BASE_CONFIG` with a bucket for each kind of cart the clients fill."""
     carts = {model.bucket: {"resolver": model.resolver} for model in cart_models()}
-    return merge(BASE_CONFIG, {"buckets": carts})
+    return config_mod.merge_tables(BASE_CONFIG, {"buckets": carts})
 
 
 class SimCluster:
@@ -88,7 +88,8 @@ class SimCluster:
         self.world = World(seed)
         self.network = Network(self.world)
         self.disks = Disks()
-        self.config: Config = config_mod.from_mapping(merge(base_config(), config or {}))
+        self.config: Config = config_mod.from_mapping(
+            config_mod.merge_tables(base_config(), config or {}))
         self.plugins = tuple(plugins)
         engine = self.config.storage["engine"]
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -319,17 +320,6 @@ class SimCluster:
 def _ring_signature(node: SimNode) -> tuple[Any, ...]:
     assert node.core is not None
     return tuple((m.name, m.status, m.tokens) for m in node.core.membership.live_members())
-
-
-def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over``'s settings on top of ``base``'s, table by table."""
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 class Ticker:
