@@ -229,10 +229,11 @@ class AntiEntropy:
             trees.update(bucket, key, [], versions)
         self._classify(bucket, key, versions)
 
-    def _owned(self, bucket: str, key: str) -> bool:
+    def _owned(self, bucket: str, key: str, h: int | None = None) -> bool:
         """Whether this node replicates the key: its range has a tree here."""
         trees = self.trees.get(self.config.bucket(bucket).n)
-        return trees is not None and trees.tree_for(key_hash(bucket, key)) is not None
+        return trees is not None and trees.tree_for(
+            key_hash(bucket, key) if h is None else h) is not None
 
     def _range_of(self, h: int) -> tuple[int, int]:
         """The ring range ``(previous token, token]`` hash ``h`` falls in (``(0, 0)``: no ring)."""
@@ -244,14 +245,17 @@ class AntiEntropy:
             i = 0
         return tokens[i - 1], tokens[i]
 
-    def _slot(self, bucket: str, key: str) -> Slot:
-        return (self.config.bucket(bucket).n, *self._range_of(key_hash(bucket, key)))
+    def _slot(self, bucket: str, key: str, h: int | None = None) -> Slot:
+        return (self.config.bucket(bucket).n,
+                *self._range_of(key_hash(bucket, key) if h is None else h))
 
-    def _classify(self, bucket: str, key: str, versions: Sequence[Version]) -> None:
+    def _classify(self, bucket: str, key: str, versions: Sequence[Version],
+                  h: int | None = None) -> None:
         """File the key as unowned (to hand over) or tombstone (to reap), or neither."""
         kid = key_id(bucket, key)
-        owned = bool(versions) and self._owned(bucket, key)
-        slot = self._slot(bucket, key)
+        h = key_hash(bucket, key) if h is None else h
+        owned = bool(versions) and self._owned(bucket, key, h)
+        slot = self._slot(bucket, key, h)
         if versions and not owned:
             self._unowned.setdefault(slot, {})[kid] = None
         elif (group := self._unowned.get(slot)) is not None:
@@ -270,11 +274,12 @@ class AntiEntropy:
 
     def on_store_change(self, bucket: str, key: str, old: list[Version],
                          new: list[Version]) -> None:
+        h = key_hash(bucket, key)  # once for the tree and the filing both
         trees = self.trees.get(self.config.bucket(bucket).n)
         if trees is not None:
-            trees.update(bucket, key, old, new)
+            trees.update(bucket, key, old, new, h)
         if self._ring is not None:
-            self._classify(bucket, key, new)
+            self._classify(bucket, key, new, h)
 
     def _tree(self, body: dict[str, Any]) -> MerkleTree:
         trees = self.trees.get(body["n"])

@@ -50,6 +50,14 @@ class StorageEngine(Protocol):
     Keys are ``str`` (``"<bucket>/<key>"``), values are opaque ``bytes`` (CBOR the core
     wrote). An engine must not evict data on its own, and a ``put`` that returned must
     survive a kill -9 of the process if the engine calls itself durable.
+
+    **Group commit (optional).** An engine that can commit several writes as one
+    transaction offers ``batch()``, a context manager: the puts and deletes made inside it
+    (and ``get`` sees them at once) are committed together when it exits without an
+    exception, and only then are they durable. The node opens one batch around all the
+    messages it handles in one turn of its event loop and sends no acknowledgement before
+    the batch is committed; an engine without ``batch`` commits each write on its own.
+    Batches are never nested.
     """
 
     #: True when an acknowledged put survives kill -9 of the process. An engine may also
@@ -119,11 +127,26 @@ class Resolver(Protocol):
 
 @dataclass(frozen=True)
 class MemberInfo:
-    """What a partition strategy may know about a member when it builds the ring."""
+    """What a partition strategy may know about a member when it builds the ring.
+
+    ``join_order`` and ``leave_order`` place the member in the cluster's history of joins
+    and leaves, as its gossiped record carries them: a node that takes a place on the ring
+    picks 1 + the highest order it knows of (joins and leaves share one count), so a later
+    event has a larger order; concurrent ones may tie (break ties by name). A join order of
+    0 means the member has not chosen one yet (it has heard from no other member): it is
+    the newest. A member on the ring has ``leave_order`` 0; only a strategy that sets
+    ``sees_departed = True`` is also handed the members that left the ring (status
+    ``leaving`` or ``removed``), with the order of their leave (see
+    :class:`PartitionStrategy`).
+    """
 
     name: str
     capacity: int
     tokens: tuple[int, ...]
+    #: when the member took its place on the ring; 0: not chosen yet (the newest)
+    join_order: int = 0
+    #: when it left the ring; 0 while it is on it
+    leave_order: int = 0
 
 
 @runtime_checkable
@@ -133,6 +156,12 @@ class PartitionStrategy(Protocol):
     Every method is a pure function of its arguments: nodes that know the same members
     must compute the same ring. Options are the ``[partitioning]`` table of the config; a
     method raises ``ValueError`` naming a bad or unknown setting.
+
+    ``ring_tokens`` is handed the members on the ring (status ``up`` or ``joining``). A
+    strategy that sets ``sees_departed = True`` (optional; strategy 3 does, to replay the
+    cluster's history) is handed as well every member that left the ring and whose record
+    says when (``leave_order`` > 0): the ring is made of the members with
+    ``leave_order == 0`` alone, the others are history.
     """
 
     def partition_count(self, options: Mapping[str, Any]) -> int | None:
@@ -151,7 +180,8 @@ class PartitionStrategy(Protocol):
     def ring_tokens(
         self, members: Sequence[MemberInfo], options: Mapping[str, Any]
     ) -> dict[int, str]:
-        """The ring (token -> owner name) that the given live members make."""
+        """The ring (token -> owner name) that the given live members make (owners must be
+        members with ``leave_order == 0``)."""
         ...
 
 

@@ -228,7 +228,7 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_node(args: argparse.Namespace) -> str:
-    from .node import Node, run_node
+    from .node import Node, run_loop, run_node
     _setup_logging(args.log_level)
     cfg = config_mod.load(args.config)
     data_dir = args.data_dir or os.path.join(DEFAULT_DATA_DIR, args.name)
@@ -242,7 +242,7 @@ def cmd_node(args: argparse.Namespace) -> str:
             loop.add_signal_handler(sig, stop.set)
         await run_node(node, stop)
 
-    asyncio.run(main())
+    run_loop(main())
     return ""
 
 
@@ -252,8 +252,11 @@ def cmd_cluster(args: argparse.Namespace) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> str:
-    from .bench import run_bench
-    return run_bench(args)
+    from .bench import BenchUsageError, run_bench
+    try:
+        return run_bench(args)
+    except BenchUsageError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_sim(args: argparse.Namespace) -> str:
@@ -382,17 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("plugins", cmd_plugins, "installed plugins of each kind", client=False)
     p.add_argument("--config", help="TOML configuration (its [plugins] modules are loaded)")
 
-    p = command("bench", cmd_bench, "load generator: throughput and latency percentiles",
+    p = command("bench", cmd_bench, "load generator: YCSB workloads a/b/c/f, closed or open "
+                                    "loop, latency percentiles against the raw round trip",
                 client=False)
-    p.add_argument("--node", type=_address, action="append", dest="nodes",
-                   help=f"node address (repeatable; default {DEFAULT_NODE})")
-    p.add_argument("--requests", type=_positive(int), default=2000,
-                   help="operations per phase (default 2000)")
-    p.add_argument("--concurrency", type=_positive(int), default=16,
-                   help="requests in flight in the throughput phases (default 16)")
-    p.add_argument("--value-size", type=_positive(int), default=100)
-    p.add_argument("--keys", type=_positive(int), default=1000)
-    p.add_argument("--bucket", default="bench")
+    from .bench import add_arguments as bench_arguments
+    bench_arguments(p, DEFAULT_NODE, _address)
 
     p = command("sim", cmd_sim, "a seeded, deterministic simulation of a whole cluster, "
                                 "with faults, judged by a history checker", client=False)

@@ -1,16 +1,23 @@
 """Python clients: :class:`Client` (blocking) and :class:`AsyncClient` (asyncio).
 
 Both speak the node protocol over a ZeroMQ DEALER per node address and share everything but
-the waiting: request bodies, reply parsing and errors come from one place. A request goes to
-one node (rotating through the addresses given); a node that timed out is skipped for a while.
-Gets are retried once on another node when the first times out; puts and deletes are not,
-because a put may have been applied even though its answer was lost.
+the waiting: request bodies, reply parsing and errors come from one place.
+
+Both route (``route=True``, the default; see :mod:`routing`): they learn the ring from a
+node they were given and send a put to the key's first home believed up and a get to one
+of its homes, saving the hop a node that is no home would forward over. Without a view of
+the ring, or when no home can be reached at once, a request goes to one of the addresses
+given (rotating through them), whose node coordinates or forwards it. A node that timed out
+is skipped for a while. Gets are retried once on another node when the first times out;
+puts and deletes are not, because a put may have been applied even though its answer was
+lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +28,7 @@ import zmq
 from . import errors
 from .api import Resolver, Sibling
 from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
+from .routing import REFRESH_SECONDS, RingView
 from .versions import context_from_text
 from .wire import Codec, Message, check_value
 from .zmq_transport import SocketReader, configure
@@ -29,6 +37,23 @@ DEFAULT_BUCKET = "default"
 DEFAULT_TIMEOUT = 5.0
 #: Seconds a node that timed out is passed over when another one can be asked.
 SKIP_SECONDS = 5.0
+#: The requests a routing client sends straight to a home of their key.
+ROUTED_OPS = frozenset({"get", "put", "delete"})
+#: Seconds a new view waits for its connections to the homes to come up: until then a
+#: request to a home would find no connection and go to a given node instead.
+CONNECT_WAIT = 0.1
+#: ZeroMQ heartbeats on the sockets to homes (milliseconds): a home that stops answering
+#: them (a partition, a paused process) loses its connection within HEARTBEAT_TIMEOUT,
+#: and requests for it go to a given node at once instead of waiting for their timeout.
+HEARTBEAT_IVL = 250
+HEARTBEAT_TIMEOUT = 1000
+
+
+def _route_socket(sock: zmq.Socket[bytes]) -> None:
+    """A socket straight to a home: it queues only on a live, heartbeating connection."""
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -62,7 +87,7 @@ def _installed_resolver(name: str) -> Resolver:
 class _Requests:
     """Request bodies and reply parsing shared by both clients."""
 
-    def __init__(self, nodes: Sequence[str] | str, timeout: float) -> None:
+    def __init__(self, nodes: Sequence[str] | str, timeout: float, route: bool) -> None:
         if isinstance(nodes, str):
             nodes = [nodes]
         if not nodes:
@@ -78,9 +103,74 @@ class _Requests:
         self._ids = itertools.count(1)
         self._turn = itertools.cycle(range(len(self.nodes)))
         self._skip_until: dict[str, float] = {}
+        self.routing = route
+        #: the ring as a node last described it (None: not known yet)
+        self.view: RingView | None = None
+        #: when the ring may next be asked for (after a failed attempt)
+        self._ring_retry_at = 0.0
+        self._rng = random.Random()
+        #: requests sent straight to a home, and those sent to a given address instead
+        self.routed = 0
+        self.unrouted = 0
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    # ------------------------------------------------------------------ routing
+
+    def wants_ring(self) -> bool:
+        """Time to ask a node for the ring: none known yet, old, or said to be stale."""
+        if not self.routing:
+            return False
+        now = time.monotonic()
+        if now < self._ring_retry_at:
+            return False
+        return self.view is None or self.view.due(now)
+
+    def ring_asked(self) -> None:
+        """A request for the ring is under way: ask no other until it ends."""
+        self._ring_retry_at = time.monotonic() + REFRESH_SECONDS
+
+    def ring_answered(self, body: dict[str, Any] | None) -> RingView | None:
+        """The view in the ring a node sent (None if the request failed, or the answer
+        made no sense: the client then routes as before)."""
+        if body is None:
+            return None
+        try:
+            return RingView.from_wire(body, time.monotonic())
+        except ValueError:
+            self.routing = False  # a node that sends nonsense is not routed by again
+            return None
+
+    def use_view(self, view: RingView) -> None:
+        self.view = view
+        self._ring_retry_at = 0.0
+
+    def destination(self, msg_type: str, body: dict[str, Any],
+                    node: str | None) -> tuple[str, bool]:
+        """Where to send a request, and whether it is routed (straight to a home).
+
+        A routed request names the view it was routed by, and so does one sent to a given
+        address while a view is known: either node says if the view is not its own.
+        """
+        view = self.view
+        if node is None and view is not None and msg_type in ROUTED_OPS:
+            body["ring"] = view.digest
+            address = view.route(msg_type, body["bucket"], body["key"], self.usable,
+                                 self._rng)
+            if address is not None:
+                self.routed += 1
+                return address, True
+        self.unrouted += 1
+        return self.pick(node), False
+
+    def usable(self, address: str) -> bool:
+        return self._skip_until.get(address, 0.0) <= time.monotonic()
+
+    def note(self, body: dict[str, Any]) -> None:
+        """A node answered: if it said the view is not its own, fetch it again soon."""
+        if body.get("ring_stale") and self.view is not None:
+            self.view.stale = True
 
     def pick(self, node: str | None, avoid: str | None = None) -> str:
         """The node to ask: the one named, else the next in turn that did not time out."""
@@ -94,7 +184,11 @@ class _Requests:
         return self.nodes[next(self._turn)]
 
     def timed_out(self, address: str) -> None:
+        """No answer from ``address``: pass it over for a while, and route by a fresh view
+        of the ring (the nodes' opinions of who is up) from the next request on."""
         self._skip_until[address] = time.monotonic() + SKIP_SECONDS
+        if self.view is not None:
+            self.view.stale = True
 
     @staticmethod
     def key_body(bucket: str, key: Any) -> dict[str, Any]:
@@ -185,11 +279,13 @@ class Client:
     """A blocking client. Not thread-safe: use one per thread (or :class:`AsyncClient`)."""
 
     def __init__(self, nodes: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT,
-                 bucket: str = DEFAULT_BUCKET) -> None:
-        self._req = _Requests(nodes, timeout)
+                 bucket: str = DEFAULT_BUCKET, *, route: bool = True) -> None:
+        self._req = _Requests(nodes, timeout, route)
         self.default_bucket = bucket
         self._ctx = zmq.Context()
         self._socks: dict[str, zmq.Socket[bytes]] = {}
+        #: sockets straight to home nodes: they queue only on a live connection
+        self._routed: dict[str, zmq.Socket[bytes]] = {}
 
     # ------------------------------------------------------------------ data
 
@@ -199,9 +295,10 @@ class Client:
         try:
             reply = self._call("get", body, node)
         except Timeout:
-            if node is not None or len(self._req.nodes) == 1:
+            if node is not None or (len(self._req.nodes) == 1 and self._req.view is None):
                 raise
-            reply = self._call("get", body, None)
+            # Once more through a node the client was given, which knows who is up.
+            reply = self._call("get", body, self._req.pick(None))
         return self._req.get_result(reply)
 
     def put(self, key: str, value: Any, context: Any = None, w: int | None = None, *,
@@ -265,22 +362,49 @@ class Client:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _socket(self, address: str) -> zmq.Socket[bytes]:
-        sock = self._socks.get(address)
+    def _socket(self, address: str, routed: bool = False) -> zmq.Socket[bytes]:
+        socks = self._routed if routed else self._socks
+        sock = socks.get(address)
         if sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, self._req.codec.max_bytes)
+            if routed:
+                _route_socket(sock)
             sock.connect(address)
-            self._socks[address] = sock
+            socks[address] = sock
         return sock
 
+    def _refresh_ring(self) -> None:
+        self._req.ring_asked()
+        try:
+            body: dict[str, Any] | None = self._call("ring", {}, None)
+        except DynamoError:
+            body = None
+        view = self._req.ring_answered(body)
+        if view is not None:
+            # Connected before the first request (a socket that queues only on a live
+            # connection is writable once it has one); a dead node is not waited for long.
+            deadline = time.monotonic() + CONNECT_WAIT
+            for address in view.addresses():
+                sock = self._socket(address, routed=True)
+                sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLOUT)
+            self._req.use_view(view)
+
     def _call(self, msg_type: str, body: dict[str, Any], node: str | None) -> dict[str, Any]:
+        if msg_type in ROUTED_OPS and node is None and self._req.wants_ring():
+            self._refresh_ring()
         expected = self._req.reply_type(msg_type)
-        address = self._req.pick(node)
-        sock = self._socket(address)
+        address, routed = self._req.destination(msg_type, body, node)
         req_id = self._req.next_id()
-        sock.send(self._req.codec.encode(msg_type, body, req_id))
+        frame = self._req.codec.encode(msg_type, body, req_id)
+        sock = self._socket(address, routed)
+        try:
+            sock.send(frame, zmq.NOBLOCK if routed else 0)
+        except zmq.Again:  # no live connection to that home: ask a given node instead
+            address = self._req.pick(None)
+            sock = self._socket(address)
+            sock.send(frame)
         deadline = time.monotonic() + self._req.timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -290,12 +414,15 @@ class Client:
                               f"{self._req.timeout:g}s")
             msg = self._req.codec.decode(sock.recv())
             if msg.id == req_id:  # anything else is a late answer to an earlier request
-                return self._req.parse(msg, expected)
+                reply = self._req.parse(msg, expected)
+                self._req.note(reply)
+                return reply
 
     def close(self) -> None:
-        for sock in self._socks.values():
+        for sock in [*self._socks.values(), *self._routed.values()]:
             sock.close(0)
         self._socks.clear()
+        self._routed.clear()
         self._ctx.term()
 
     def __enter__(self) -> Client:
@@ -330,12 +457,15 @@ class AsyncClient:
     """The asyncio twin of :class:`Client`; many requests may be in flight at once."""
 
     def __init__(self, nodes: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT,
-                 bucket: str = DEFAULT_BUCKET) -> None:
-        self._req = _Requests(nodes, timeout)
+                 bucket: str = DEFAULT_BUCKET, *, route: bool = True) -> None:
+        self._req = _Requests(nodes, timeout, route)
         self.default_bucket = bucket
         self._ctx = zmq.Context()
         self._readers: dict[str, SocketReader] = {}
+        #: sockets straight to home nodes: they queue only on a live connection
+        self._routed: dict[str, SocketReader] = {}
         self._waiting: dict[int, asyncio.Future[Message]] = {}
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def get(self, key: str, r: int | None = None, *, bucket: str | None = None,
                   resolve: bool = True, node: str | None = None) -> GetResult:
@@ -343,9 +473,10 @@ class AsyncClient:
         try:
             reply = await self._call("get", body, node)
         except Timeout:
-            if node is not None or len(self._req.nodes) == 1:
+            if node is not None or (len(self._req.nodes) == 1 and self._req.view is None):
                 raise
-            reply = await self._call("get", body, None)
+            # Once more through a node the client was given, which knows who is up.
+            reply = await self._call("get", body, self._req.pick(None))
         return self._req.get_result(reply)
 
     async def put(self, key: str, value: Any, context: Any = None, w: int | None = None, *,
@@ -375,16 +506,39 @@ class AsyncClient:
         """Send a protocol extension's message (``"<extension>.<verb>"``); its reply body."""
         return await self._call(msg_type, self._req.extension_body(msg_type, body), node)
 
-    def _reader(self, address: str) -> SocketReader:
-        reader = self._readers.get(address)
+    def _reader(self, address: str, routed: bool = False) -> SocketReader:
+        readers = self._routed if routed else self._readers
+        reader = readers.get(address)
         if reader is None:
             sock = self._ctx.socket(zmq.DEALER)
             configure(sock, self._req.codec.max_bytes)
             sock.setsockopt(zmq.LINGER, 0)
+            if routed:
+                _route_socket(sock)
             sock.connect(address)
             reader = SocketReader(sock, self._on_frames, f"client to {address}")
-            self._readers[address] = reader
+            readers[address] = reader
         return reader
+
+    async def _refresh_ring(self) -> None:
+        """Ask a node for the ring, in the background: requests meanwhile go as before.
+
+        The view is taken into use once the connections to its nodes are up (a socket
+        that queues only on a live connection is writable once it has one), or after
+        CONNECT_WAIT for a node that does not answer.
+        """
+        try:
+            body: dict[str, Any] | None = await self._call("ring", {}, None)
+        except DynamoError:
+            body = None
+        view = self._req.ring_answered(body)
+        if view is not None:
+            socks = [self._reader(address, routed=True).sock for address in view.addresses()]
+            deadline = time.monotonic() + CONNECT_WAIT
+            while time.monotonic() < deadline and not all(
+                    int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT for sock in socks):
+                await asyncio.sleep(0.002)
+            self._req.use_view(view)
 
     def _on_frames(self, frames: list[bytes]) -> None:
         try:
@@ -397,19 +551,20 @@ class AsyncClient:
 
     async def _call(self, msg_type: str, body: dict[str, Any],
                     node: str | None) -> dict[str, Any]:
+        if msg_type in ROUTED_OPS and node is None and self._req.wants_ring():
+            self._req.ring_asked()
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_ring())
         expected = self._req.reply_type(msg_type)
-        address = self._req.pick(node)
-        reader = self._reader(address)
+        address, routed = self._req.destination(msg_type, body, node)
         req_id = self._req.next_id()
+        frame = self._req.codec.encode(msg_type, body, req_id)
         waiter = asyncio.get_running_loop().create_future()
         self._waiting[req_id] = waiter
         try:
-            try:
-                reader.sock.send(self._req.codec.encode(msg_type, body, req_id), zmq.NOBLOCK)
-            except zmq.Again:
-                raise Overloaded(f"send queue towards {address} is full") from None
-            finally:
-                reader.poke()
+            if routed and not self._sent(self._reader(address, routed=True), frame):
+                address, routed = self._req.pick(None), False  # no live connection there
+            if not routed and not self._sent(self._reader(address), frame):
+                raise Overloaded(f"send queue towards {address} is full")
             async with asyncio.timeout(self._req.timeout):  # wait_for can swallow a cancel
                 msg = await waiter
         except TimeoutError:
@@ -418,12 +573,28 @@ class AsyncClient:
                           f"{self._req.timeout:g}s") from None
         finally:
             self._waiting.pop(req_id, None)
-        return self._req.parse(msg, expected)
+        reply = self._req.parse(msg, expected)
+        self._req.note(reply)
+        return reply
+
+    @staticmethod
+    def _sent(reader: SocketReader, frame: bytes) -> bool:
+        try:
+            reader.sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        finally:
+            reader.sent()
+        return True
 
     async def close(self) -> None:
-        for reader in self._readers.values():
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            await asyncio.gather(self._refreshing, return_exceptions=True)
+        for reader in [*self._readers.values(), *self._routed.values()]:
             reader.close()
         self._readers.clear()
+        self._routed.clear()
         self._ctx.term()
 
     async def __aenter__(self) -> AsyncClient:

@@ -62,11 +62,21 @@ class DotIssuer(Protocol):
     ``issue_dot`` reads and advances the key's counter in one step and records it
     durably before returning, so two versions never share a dot, whatever interleaves
     (a put and a merging get of one key, two forwarded puts, a stand-in's write).
+    ``write_new`` does the same and stores the version made with the dot in the same
+    write: the coordinator's own replica, in one read and one write of its storage.
     """
 
     actor: str
 
+    @property
+    def in_batch(self) -> bool:
+        """Writes go into a batch that is yet to be committed (see NodeCore.begin_turn)."""
+        ...
+
     def issue_dot(self, bucket: str, key: str, context: Clock) -> Dot: ...
+
+    def write_new(self, bucket: str, key: str, context: Clock,
+                  make: Callable[[Dot], Version]) -> Version: ...
 
 # ====================================================================== effects
 
@@ -280,6 +290,9 @@ class Coordinator:
         self.stale_replies = 0
         self.read_repairs = 0
         self.hinted_writes = 0
+        self.forwarded_puts = 0
+        #: puts whose own write waits in an uncommitted batch (see local_writes_lost)
+        self._uncommitted: list[_PutOp] = []
 
     # ----------------------------------------------------------------- starting
 
@@ -312,19 +325,43 @@ class Coordinator:
             return [Fail(client, InvalidRequest(str(exc)))]
         if self.name not in plan.homes and not forwarded:
             return self._forward(client, plan, value, context, tombstone, now)
+        clock = ctx.truncated(self.max_clock_entries, keep=self.actor)
+        stamp = now if timestamp is None else timestamp
+
+        def make(dot: Dot) -> Version:
+            return Version(None if tombstone else value, clock, dot, stamp, tombstone)
+
+        if self.name in plan.stand_in:
+            return self._put_as_stand_in(client, plan, ctx, make, now)
+        # The paper's order: write locally first, then send to the other replicas. A dot
+        # this node never stored must never be acknowledged, or it could be issued again.
         try:
-            dot = self.dots.issue_dot(plan.bucket, plan.key, ctx)
+            version = self.dots.write_new(plan.bucket, plan.key, ctx, make)
         except DynamoError as exc:
             return [Fail(client, exc)]
-        clock = ctx.truncated(self.max_clock_entries, keep=self.actor)
-        version = Version(None if tombstone else value, clock, dot,
-                          now if timestamp is None else timestamp, tombstone)
+        others = [t for t in plan.targets if t != self.name]
+        body = {"bucket": plan.bucket, "key": plan.key, "versions": [version.to_wire()]}
+        op = self._new(_PutOp, client, plan, now, [self.name, *others], plan.quorum,
+                       "replica_put", body)
+        op.version, op.replicated = version, True
+        op.answered[self.name] = {"changed": True}  # W counts the coordinator's own write
+        effects = self._fan_out(op, now, to=others)
+        if self.dots.in_batch:  # counted only once its batch is committed
+            self._uncommitted.append(op)
+        return effects
+
+    def _put_as_stand_in(self, client: Any, plan: KeyPlan, ctx: Clock,
+                         make: Callable[[Dot], Version], now: float) -> list[Effect]:
+        """A forwarded put reaching a node that stands in for a home believed down: its
+        own copy is a hint for that home, stored like any stand-in's, before the others."""
+        try:
+            version = make(self.dots.issue_dot(plan.bucket, plan.key, ctx))
+        except DynamoError as exc:
+            return [Fail(client, exc)]
         targets = [self.name, *(t for t in plan.targets if t != self.name)]
         body = {"bucket": plan.bucket, "key": plan.key, "versions": [version.to_wire()]}
         op = self._new(_PutOp, client, plan, now, targets, plan.quorum, "replica_put", body)
         op.version = version
-        # The paper's order: write locally first, then send to the other replicas. A dot
-        # this node never stored must never be acknowledged, or it could be issued again.
         return self._fan_out(op, now, to=[self.name])
 
     def _forward(self, client: Any, plan: KeyPlan, value: Any, context: bytes | None,
@@ -333,6 +370,7 @@ class Coordinator:
 
         Homes believed up are tried first; if one fails, the next is tried.
         """
+        self.forwarded_puts += 1
         homes = list(plan.forward_order)
         body: dict[str, Any] = {"bucket": plan.bucket, "key": plan.key, "context": context,
                                 "w": plan.quorum, "forwarded": True}
@@ -458,6 +496,29 @@ class Coordinator:
         op.replicated = True
         others = [p for p in op.asked if p != self.name]
         return self._sends(op_id, op, others, now) + self._progress(op_id, op, now)
+
+    def local_writes_committed(self) -> None:
+        """The batch holding this node's own writes is durable: they count for good."""
+        self._uncommitted.clear()
+
+    def local_writes_lost(self, error: DynamoError) -> list[Effect]:
+        """The batch failed to commit: the puts still open lose their own write, and fail
+        with the storage error at once, as a put whose local write fails does. (One
+        already answered was answered in the same turn, and that answer became the error.)
+        """
+        effects: list[Effect] = []
+        lost, self._uncommitted = self._uncommitted, []
+        for op in lost:
+            if op.done:
+                continue
+            op.answered.pop(self.name, None)
+            op.failed[self.name] = str(error)
+            op.done = True
+            effects.append(Fail(op.client, error))
+            op_id = next((i for i, o in self._ops.items() if o is op), None)
+            if op_id is not None:
+                effects.extend(self._finish(op_id, op))
+        return effects
 
     def on_unreachable(self, req_id: int, peer: str, why: str, now: float) -> list[Effect]:
         """The runtime could not send a request (no address, send queue full)."""
@@ -655,6 +716,7 @@ def _parse_reply(op: _Operation, msg_type: str, body: dict[str, Any]) -> Any:
     expected = {_GetOp: "replica_get_ok", _PutOp: "replica_put_ok", _ForwardOp: "put_ok"}
     if msg_type != expected[type(op)]:
         raise ValueError(f"expected {expected[type(op)]}, got {msg_type}")
-    if isinstance(op, _GetOp):
-        return [Version.from_wire(v) for v in body["versions"]]
+    if isinstance(op, _GetOp):  # the coordinator's own replica answers with versions
+        return [v if isinstance(v, Version) else Version.from_wire(v)
+                for v in body["versions"]]
     return body

@@ -53,10 +53,11 @@ from .identity import Epoch, choose_actor, new_boot
 from .liveness import Liveness
 from .membership import Member, Membership, removal_of
 from .plugins import Registry, make_plugin_manager
-from .ring import key_hash
+from .ring import Ring, key_hash
+from .routing import Route, ring_digest, ring_document
 from .store import IDENTITY_KEY, LocalStore, key_bytes_limit
 from .versions import Version
-from .wire import MAX_BATCH_ITEMS, Codec, Message
+from .wire import MAX_BATCH_ITEMS, MAX_PARTS, Codec, Message
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class Answer:
 
     identity: bytes
     frame: bytes
+    #: the asker is a node: its answers of one turn may share a message (see Transport)
+    to_peer: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,11 +149,15 @@ class Client:
     bucket: str = ""
     key: str = ""
     forwarded: bool = False
+    #: routed by a ring view that differs from this node's: the answer says so
+    stale_ring: bool = False
+    #: the request came from a node (its envelope names the sender)
+    peer: bool = False
 
 
 def _client_of(identity: bytes, msg: Message, now: float) -> Client:
     if msg.type not in OBSERVED_OPS:
-        return Client(identity, msg.id, now)
+        return Client(identity, msg.id, now, peer=msg.sender is not None)
     b = msg.body
     return Client(identity, msg.id, now, msg.type, b["bucket"], b["key"],
                   bool(b.get("forwarded")))
@@ -201,6 +208,12 @@ class NodeCore:
         #: the other members' records as ``node.cbor`` last saw them
         self._known_members: list[Member] = []
         self._out: list[CoreEffect] = []
+        self.stale_ring_views = 0
+        #: (ring, membership generation, routes, digest) of the ring view served
+        self._ring_doc: tuple[Ring, int, list[Route], bytes] | None = None
+        #: a turn is open (see begin_turn): what acknowledges its writes waits here
+        self._turn = False
+        self._held: list[CoreEffect] = []
         self.registry = Registry(make_plugin_manager(config.plugin_modules, plugins))
         self.codec = Codec(max_bytes=config.max_message_bytes)
         self.strategy = self._pick_strategy()
@@ -252,7 +265,8 @@ class NodeCore:
             "replica_put_many": self._handle_replica_put_many,
             "gossip": self._handle_gossip, "status": self._handle_status,
             "inspect": self._handle_inspect, "preflist": self._handle_preflist,
-            "ping": self._handle_ping, "ae_roots": self._handle_anti_entropy,
+            "ping": self._handle_ping, "ring": self._handle_ring,
+            "ae_roots": self._handle_anti_entropy,
             "ae_hashes": self._handle_anti_entropy, "ae_keys": self._handle_anti_entropy,
             "reap": self._handle_reap, "join": self._handle_join, "leave": self._handle_leave,
             "remove": self._handle_remove,
@@ -300,6 +314,7 @@ class NodeCore:
         self.boot = new_boot(self.rng)
         self.store = LocalStore(replicas, config.max_siblings, self.actor,
                                 key_bytes_limit(config.max_message_bytes))
+        self._hold_sends = bool(getattr(replicas, "power_safe", False))
         # Hints live in their own store, never mixed with this node's own replicas.
         hints_dir = f"{data_dir}/hints" if data_dir is not None else None
         try:
@@ -354,7 +369,8 @@ class NodeCore:
             self.log.warning("left the cluster earlier; it stays out of the ring until "
                              "`dynamo join` brings it back")
         return epoch, Member(self.name, self.address, self.config.capacity, member.tokens,
-                             status, member.version + 1)
+                             status, member.version + 1, member.join_order,
+                             member.leave_order)
 
     def _save_identity(self) -> None:
         """``node.cbor``: this node's name, actor, boot and member record, and the records
@@ -516,7 +532,64 @@ class NodeCore:
         return self._drain()
 
     def _emit(self, effect: CoreEffect) -> None:
-        self._out.append(effect)
+        if self._turn and (isinstance(effect, Answer) or (
+                self._hold_sends and isinstance(effect, Transmit))):
+            self._held.append(effect)
+        else:
+            self._out.append(effect)
+
+    # ================================================================== group commit
+
+    def begin_turn(self) -> None:
+        """Messages that arrived together follow (the driver drains a socket): until
+        :meth:`end_turn`, their storage writes share one commit when the engine offers
+        batches (group commit), and nothing that acknowledges them leaves before it.
+
+        Requests to peers are not held back (the replicas' round trip overlaps the local
+        commit) unless the engine syncs every commit: such a node keeps its actor across
+        a crash, so a dot must be durable here before any message carries it. Elsewhere a
+        crash before the commit starts a new actor epoch (:mod:`identity`) and the dot is
+        never issued again; a failed commit keeps its counters (:class:`LocalStore`).
+        """
+        if not self._turn:
+            self._turn = True
+            self.store.begin_batch()
+
+    @property
+    def in_turn(self) -> bool:
+        """A turn is open: :meth:`end_turn` has writes to commit and answers to release."""
+        return self._turn
+
+    def end_turn(self, now: float) -> list[CoreEffect]:
+        """Commit the turn's writes, then release what waited for them.
+
+        If the commit fails, every request answered in the turn is answered with the
+        storage error instead (its write may or may not have reached other replicas, as
+        with any failed put), the puts this node coordinates whose own write was in the
+        turn fail with it (that write no longer counts toward W), and held requests to
+        peers are dropped: their operations end at their deadlines.
+        """
+        self._enter(now)
+        if not self._turn:
+            return []
+        self._turn = False
+        held, self._held = self._held, []
+        try:
+            self.store.commit_batch()
+        except errors.StorageFailed as exc:
+            self.log.error("%s; the %d answers of this turn become errors", exc, len(held))
+            held = [self._failed_answer(e, exc) for e in held if isinstance(e, Answer)]
+            self._out.extend(held)
+            self._run(self.coordinator.local_writes_lost(exc))
+        else:
+            self.coordinator.local_writes_committed()
+            self._out.extend(held)
+        return self._drain()
+
+    def _failed_answer(self, answer: Answer, exc: errors.DynamoError) -> Answer:
+        req_id = self.codec.request_id_of(answer.frame)
+        return Answer(answer.identity, self.codec.encode(
+            "error", errors.to_wire(exc), req_id, self.name), answer.to_peer)
 
     def _drain(self) -> list[CoreEffect]:
         self.tasks.run_ready()
@@ -740,7 +813,8 @@ class NodeCore:
     def _on_request(self, identity: bytes, frames: list[bytes]) -> None:
         if len(frames) != 1:
             self._reject(identity, self.codec.request_id_of(frames[0]) if frames else None,
-                         WireError(f"expected one frame per message, got {len(frames)}"))
+                         WireError(f"a message carries at most {MAX_PARTS} frames (one "
+                                   f"request each), got {len(frames)}"))
             return
         try:
             msg = self.codec.decode(frames[0])
@@ -753,6 +827,10 @@ class NodeCore:
             self._reject(identity, req_id, exc)
             return
         client = _client_of(identity, msg, self._now)
+        routed_by = msg.body.get("ring") if client.op is not None else None
+        if routed_by is not None and routed_by != self._ring_view()[1]:
+            self.stale_ring_views += 1
+            client = dataclasses.replace(client, stale_ring=True)
         if msg.sender:
             self.liveness.heard_from(msg.sender, self._now)
         if msg.expires is not None and (late := self.wall() - msg.expires) > 0:
@@ -827,7 +905,7 @@ class NodeCore:
     def _send(self, send: Send) -> list[Effect]:
         if send.to == self.name:
             try:
-                msg_type, body = self._serve_replica(send.msg_type, send.body)
+                msg_type, body = self._serve_replica(send.msg_type, send.body, local=True)
             except DynamoError as exc:
                 msg_type, body = "error", errors.to_wire(exc)
             except Exception as exc:  # the operation fails, the node serves on
@@ -859,12 +937,14 @@ class NodeCore:
 
     def answer(self, client: Client, msg_type: str, body: dict[str, Any]) -> None:
         """Answer a request (client or peer) through the identity it came in on."""
+        if client.stale_ring and msg_type != "error":
+            body = {**body, "ring_stale": True}
         try:
             frame = self.codec.encode(msg_type, body, client.req_id, self.name)
         except WireError as exc:
             msg_type, body = "error", errors.to_wire(exc)
             frame = self.codec.encode(msg_type, body, client.req_id, self.name)
-        self._emit(Answer(client.identity, frame))
+        self._emit(Answer(client.identity, frame, client.peer))
         if client.op is not None:
             self.extensions.request_completed(
                 client, "ok" if msg_type != "error" else body["code"], self._stopwatch())
@@ -912,8 +992,13 @@ class NodeCore:
             client, plan, b.get("value"), b.get("context"), msg.type == "delete",
             self._now, forwarded=bool(b.get("forwarded")), timestamp=self.wall()))
 
-    def _serve_replica(self, msg_type: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """This node's part as a replica: read or fold in versions of one key."""
+    def _serve_replica(self, msg_type: str, body: dict[str, Any], local: bool = False
+                       ) -> tuple[str, dict[str, Any]]:
+        """This node's part as a replica: read or fold in versions of one key.
+
+        A ``local`` read (the coordinator's own replica) answers with the versions
+        themselves, not their wire form: nothing is encoded only to be parsed back.
+        """
         bucket, key = body["bucket"], body["key"]
         if msg_type == "replica_get":
             versions = self.store.read(bucket, key)
@@ -924,7 +1009,7 @@ class NodeCore:
                     versions.extend(hinted)
                 if self.anti_entropy.is_filling(bucket, key):
                     reply["filling"] = True
-            reply["versions"] = [v.to_wire() for v in versions]
+            reply["versions"] = versions if local else [v.to_wire() for v in versions]
             return "replica_get_ok", reply
         try:
             incoming = [Version.from_wire(v) for v in body["versions"]]
@@ -981,9 +1066,14 @@ class NodeCore:
             for member in self.membership.members():
                 if member.name != self.name and member.status != "removed":
                     self._emit(Connect(member.address))
-            if self.membership.me != me_before:
-                self.log.info("took back tokens the cluster remembers (version %d)",
-                              self.membership.me.version)
+            me = self.membership.me
+            if me != me_before:
+                if me.tokens != me_before.tokens:
+                    self.log.info("took back tokens the cluster remembers (version %d)",
+                                  me.version)
+                if me.join_order != me_before.join_order:
+                    self.log.info("joins the ring as its event %d (join order)",
+                                  me.join_order)
                 self._save_identity()
 
     def _handle_anti_entropy(self, msg: Message, client: Client) -> None:
@@ -1091,6 +1181,29 @@ class NodeCore:
             return None
         return self.wall() - (self._now - monotonic)
 
+    def _handle_ring(self, msg: Message, client: Client) -> None:
+        self.answer(client, "ring_ok", self.ring_document())
+
+    def ring_document(self) -> dict[str, Any]:
+        """The ring as a routing client needs it (see :mod:`routing`), with this node's
+        opinion of each member."""
+        routes, _ = self._ring_view()
+        routes = [r if r.name == self.name else
+                  dataclasses.replace(r, state=self.peer_state(r.name)) for r in routes]
+        config = self.config
+        return ring_document(self.membership.ring, routes, config.n,
+                             {name: b.n for name, b in config.buckets.items()})
+
+    def _ring_view(self) -> tuple[list[Route], bytes]:
+        """Where the ring's members listen, and the digest that names this view: built
+        once per membership change, compared on every routed request."""
+        ring, generation = self.membership.ring, self.membership.generation
+        cached = self._ring_doc
+        if cached is None or cached[0] is not ring or cached[1] != generation:
+            routes = [Route(m.name, m.address, "up") for m in self.membership.live_members()]
+            cached = self._ring_doc = (ring, generation, routes, ring_digest(ring, routes))
+        return cached[2], cached[3]
+
     def _handle_status(self, msg: Message, client: Client) -> None:
         self.answer(client, "status_ok", {"status": self.status_document()})
 
@@ -1118,6 +1231,14 @@ class NodeCore:
             "pending_requests": self.coordinator.pending(),
             "stale_replies": self.coordinator.stale_replies,
             "read_repairs": self.coordinator.read_repairs,
+            # puts and deletes this node was no home of and handed to one (a client that
+            # routes by the ring sends them to a home straight away)
+            "forwarded_puts": self.coordinator.forwarded_puts,
+            # a routing client's view of the ring did not match this node's
+            "stale_ring_views": self.stale_ring_views,
+            # what names this node's ring (and its members' addresses): nodes that agree
+            # on the ring show the same digest
+            "ring_digest": self._ring_view()[1].hex(),
             "hinted_writes": self.coordinator.hinted_writes,
             "failure_detector": self.config.failure_detector["plugin"],
             "malformed_frames": self.malformed_frames,

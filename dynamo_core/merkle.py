@@ -437,13 +437,14 @@ class RangeTrees:
         return None
 
     def update(self, bucket: str, key: str, old_versions: Sequence[Version],
-               new_versions: Sequence[Version]) -> bool | None:
-        """A write changed ``key``'s versions; update its tree.
+               new_versions: Sequence[Version], h: int | None = None) -> bool | None:
+        """A write changed ``key``'s versions; update its tree (``h``: the key's hash,
+        when the caller has it).
 
         Returns ``None`` when no range held covers the key (nothing to do), else whether the
         tree's record matched ``old_versions`` (see :meth:`MerkleTree.update`).
         """
-        h = key_hash(bucket, key)
+        h = key_hash(bucket, key) if h is None else h
         tree = self.tree_for(h)
         if tree is None:
             return None

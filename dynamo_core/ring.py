@@ -136,6 +136,10 @@ class Ring:
         """Q when the ring is cut into Q equal partitions, else None (token ranges)."""
         return self._partitions
 
+    def entries(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """Every token in ring order, and the node owning each (what a client routes by)."""
+        return self._tokens, self._owners
+
     def tokens_of(self, node: str) -> list[int]:
         """The sorted tokens of ``node`` (empty if it is not on the ring)."""
         return list(self._by_node.get(node, ()))

@@ -20,6 +20,8 @@ from .core import Answer, Await, Connect, CoreEffect, Left, NodeCore, Transmit
 RequestHandler = Callable[[bytes, list[bytes]], None]
 #: A reply arrived from the peer at ``address``: ``(address, frames)``.
 ReplyHandler = Callable[[str, list[bytes]], None]
+#: The frames that arrived together (one socket drained) have all been handed over.
+BurstHandler = Callable[[], None]
 
 
 class SendFailed(Exception):
@@ -30,17 +32,31 @@ class Transport(Protocol):
     """A node's two kinds of traffic: requests in (answered through the identity they came
     with) and requests out to peers (their replies come back to ``on_reply``)."""
 
-    def start(self, on_request: RequestHandler, on_reply: ReplyHandler) -> None:
+    def start(self, on_request: RequestHandler, on_reply: ReplyHandler,
+              on_burst_end: BurstHandler | None = None) -> None:
         """Listen; from now on arriving frames go to the handlers. Raises OSError if the
-        address cannot be listened on."""
+        address cannot be listened on.
+
+        ``on_burst_end`` is called after each burst of frames handed over together (what
+        one socket held when it was drained): a node commits the writes of a burst as one
+        and only then sends what acknowledges them (group commit).
+        """
         ...
 
-    def reply(self, identity: bytes, frame: bytes) -> None:
-        """Answer a request (dropped if the asker is gone)."""
+    def reply(self, identity: bytes, frame: bytes, to_peer: bool = False) -> None:
+        """Answer a request (dropped if the asker is gone). Answers ``to_peer`` (a node)
+        may wait for :meth:`flush` and leave together."""
         ...
 
     def send(self, address: str, frame: bytes) -> None:
-        """Queue a request for the peer at ``address``; raises SendFailed if it cannot."""
+        """Queue a request for the peer at ``address``; raises SendFailed if it cannot.
+        It may wait for :meth:`flush` and leave with the others queued for that peer."""
+        ...
+
+    def flush(self) -> None:
+        """Send what waits: the driver calls it once the frames of a turn are handed over,
+        so the requests to one peer (and the answers to one node) of a turn share one
+        message. A transport that sends at once has nothing to do."""
         ...
 
     def connect(self, address: str) -> None:
@@ -67,7 +83,7 @@ def carry_out(core: NodeCore, effects: list[CoreEffect], transport: Transport,
             except SendFailed as exc:
                 queue.extend(core.send_failed(effect, str(exc), now()))
         elif isinstance(effect, Answer):
-            transport.reply(effect.identity, effect.frame)
+            transport.reply(effect.identity, effect.frame, effect.to_peer)
         elif isinstance(effect, Connect):
             # Cannot connect: the first frame to it will say so, and the core hears of it then.
             with contextlib.suppress(SendFailed):

@@ -32,6 +32,9 @@ MAX_DEPTH = 64
 MAX_KEY_CHARS = 4096
 #: Keys carried by one replica_put_many.
 MAX_BATCH_ITEMS = 1024
+#: Frames one ZeroMQ message may carry, each a request (or an answer) of its own: a node
+#: sends a turn's requests to one peer, and its answers to one node, as one message.
+MAX_PARTS = 64
 MAX_BUCKET_CHARS = 128
 
 #: Semantic tags a value may carry: date/times, bignums, UUIDs and sets. Everything else is
@@ -257,6 +260,8 @@ VERSIONS = Field(list_of(MAP, 1024))
 MEMBERS = Field(list_of(MAP, 4096))
 
 FACTOR = Field(integer(1, 64))
+RING_DIGEST = Field(of_type(bytes, what="a ring digest"), required=False)
+STALE = Field(of_type(bool, what="a boolean"), required=False)
 DEPTH = Field(integer(0, 16))
 TOKEN = Field(integer(0, (1 << 128) - 1))
 def _token_range(v: Any) -> None:
@@ -274,12 +279,18 @@ Schema = Mapping[str, Field] | None
 #: The built-in message types. Replies are checked too: a client or peer trusts nothing.
 BUILT_IN_SCHEMAS: dict[str, Schema] = {
     # client -> any node
+    # "ring": the digest of the ring view a routing client sent the request by
     "get": {"bucket": BUCKET, "key": KEY, "r": QUORUM,
-            "resolve": Field(of_type(bool, what="a boolean"), required=False)},
+            "resolve": Field(of_type(bool, what="a boolean"), required=False),
+            "ring": RING_DIGEST},
     "put": {"bucket": BUCKET, "key": KEY, "value": Field(anything), "context": CONTEXT,
-            "w": QUORUM, "forwarded": Field(of_type(bool, what="a boolean"), required=False)},
+            "w": QUORUM, "forwarded": Field(of_type(bool, what="a boolean"), required=False),
+            "ring": RING_DIGEST},
     "delete": {"bucket": BUCKET, "key": KEY, "context": CONTEXT, "w": QUORUM,
-               "forwarded": Field(of_type(bool, what="a boolean"), required=False)},
+               "forwarded": Field(of_type(bool, what="a boolean"), required=False),
+               "ring": RING_DIGEST},
+    # a routing client asks for the ring (see routing.py)
+    "ring": {},
     "status": {},
     "inspect": {"bucket": BUCKET, "key": KEY},
     "preflist": {"bucket": BUCKET, "key": KEY},
@@ -310,9 +321,15 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     "leave": {},
     "remove": {"name": Field(text(256, lambda n: len(n) > 0, "node name"))},
     # replies
+    # "ring_stale": the request was routed by a ring view that is not the node's own
     "get_ok": {"siblings": Field(list_of(MAP, 1024)),
-               "context": Field(of_type(bytes, what="bytes"))},
-    "put_ok": {"context": Field(of_type(bytes, what="bytes"))},
+               "context": Field(of_type(bytes, what="bytes")), "ring_stale": STALE},
+    "put_ok": {"context": Field(of_type(bytes, what="bytes")), "ring_stale": STALE},
+    "ring_ok": {"digest": Field(of_type(bytes, what="bytes")), "q": Field(integer(0, 1 << 16)),
+                "tokens": Field(of_type(bytes, what="bytes")),
+                "owners": Field(list_of(integer(0, 1 << 20), 1 << 20)),
+                "members": Field(list_of(of_type(list, what="a member"), 1 << 16)),
+                "n": FACTOR, "buckets": Field(MAP)},
     "replica_get_ok": {"versions": VERSIONS,
                        # true: this node is still receiving the key's range (see coordinator)
                        "filling": Field(of_type(bool, what="a boolean"), required=False)},

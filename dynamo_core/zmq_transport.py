@@ -24,7 +24,8 @@ from collections.abc import Callable
 
 import zmq
 
-from .transport import ReplyHandler, RequestHandler, SendFailed
+from .transport import BurstHandler, ReplyHandler, RequestHandler, SendFailed
+from .wire import MAX_PARTS
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ SEND_HWM = 10_000
 RECV_HWM = 10_000
 #: Messages handled per socket before yielding to the event loop (fairness, timers).
 BATCH = 256
+# Plain ints: pyzmq's flags are enum members, and enum arithmetic on every message adds up.
+_EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
+_NOBLOCK = int(zmq.NOBLOCK)
 
 def configure(sock: zmq.Socket[bytes], max_bytes: int) -> None:
     """The options every socket of this project gets: bounded linger, size and queues."""
@@ -47,9 +51,11 @@ def configure(sock: zmq.Socket[bytes], max_bytes: int) -> None:
 class SocketReader:
     """Feeds every message of a plain ZeroMQ socket to a handler, from an asyncio loop."""
 
-    def __init__(self, sock: zmq.Socket[bytes], handle: FrameHandler, what: str) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], handle: FrameHandler, what: str,
+                 burst_end: BurstHandler | None = None) -> None:
         self.sock = sock
         self._handle = handle
+        self._burst_end = burst_end
         self._what = what
         self._loop = asyncio.get_running_loop()
         self._scheduled = False
@@ -58,20 +64,35 @@ class SocketReader:
         self.poke()
 
     def poke(self) -> None:
-        """Make sure queued messages get read soon (call after any send on the socket)."""
+        """Make sure queued messages get read soon."""
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._drain)
+
+    def sent(self) -> None:
+        """Call after any send on the socket: a send may consume the descriptor's edge, so
+        the socket is asked once whether something waits (which re-arms the edge), and a
+        read is scheduled only if it does."""
+        if not self._scheduled and int(self.sock.getsockopt(_EVENTS)) & _POLLIN:
+            self.poke()
 
     def _drain(self) -> None:
         self._scheduled = False
         if self.sock.closed:
             return
+        try:
+            self._read_burst()
+        finally:  # whatever happened, the burst's turn ends (a no-op if nothing came)
+            if self._burst_end is not None:
+                self._burst_end()
+
+    def _read_burst(self) -> None:
+        """Hand over what the socket holds, up to BATCH messages."""
         for _ in range(BATCH):
             try:
-                if not int(self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                if not int(self.sock.getsockopt(_EVENTS)) & _POLLIN:
                     return
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = self.sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -97,12 +118,18 @@ class ZmqTransport:
         self.listen = listen
         self.max_bytes = max_bytes
         self._on_reply: ReplyHandler = lambda address, frames: None
+        self._burst_end: BurstHandler | None = None
         self._ctx = zmq.Context()
         self._router: SocketReader | None = None
         self._dealers: dict[str, SocketReader] = {}
+        #: frames waiting for flush(): requests by peer address, answers by node identity
+        self._requests: dict[str, list[bytes]] = {}
+        self._answers: dict[bytes, list[bytes]] = {}
 
-    def start(self, on_request: RequestHandler, on_reply: ReplyHandler) -> None:
+    def start(self, on_request: RequestHandler, on_reply: ReplyHandler,
+              on_burst_end: BurstHandler | None = None) -> None:
         self._on_reply = on_reply
+        self._burst_end = on_burst_end
         router = self._ctx.socket(zmq.ROUTER)
         configure(router, self.max_bytes)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -111,35 +138,68 @@ class ZmqTransport:
         except zmq.ZMQError as exc:
             router.close(0)
             raise OSError(f"cannot listen on {self.listen}: {exc}") from None
-        self._router = SocketReader(
-            router, lambda frames: on_request(frames[0], frames[1:]), f"{self.name} router")
+        def requests(frames: list[bytes]) -> None:
+            identity, parts = frames[0], frames[1:]
+            if len(parts) > MAX_PARTS:
+                on_request(identity, parts)  # refused whole, as any malformed message
+                return
+            for part in parts:
+                on_request(identity, [part])
 
-    def reply(self, identity: bytes, frame: bytes) -> None:
-        """Answer a request that came in on the ROUTER (dropped if the asker is gone)."""
+        self._router = SocketReader(router, requests, f"{self.name} router", on_burst_end)
+
+    def reply(self, identity: bytes, frame: bytes, to_peer: bool = False) -> None:
+        """Answer a request that came in on the ROUTER (dropped if the asker is gone).
+
+        An answer to a node waits for :meth:`flush`, to leave with the node's other
+        answers of the turn; a client's leaves at once, alone (clients read one frame).
+        """
+        if to_peer:
+            self._answers.setdefault(identity, []).append(frame)
+            return
+        self._send_answers(identity, [frame])
+
+    def _send_answers(self, identity: bytes, frames: list[bytes]) -> None:
         assert self._router is not None
         try:
-            self._router.sock.send_multipart([identity, frame], flags=zmq.NOBLOCK)
+            self._router.sock.send_multipart([identity, *frames], flags=_NOBLOCK)
         except zmq.Again:
-            log.warning("%s: reply dropped, send queue towards a client is full", self.name)
-        self._router.poke()
+            log.warning("%s: %d answers dropped, send queue towards an asker is full",
+                        self.name, len(frames))
+        self._router.sent()
 
     def send(self, address: str, frame: bytes) -> None:
         """Queue a request for the peer at ``address``; raises SendFailed if it cannot.
 
         Peer sockets queue only on a live connection (``IMMEDIATE``): a send to a peer
         that is gone fails at once instead of waiting in a queue to be delivered, stale,
-        when the peer comes back.
+        when the peer comes back. The frame leaves at :meth:`flush`, with the turn's other
+        requests to that peer, in one message.
         """
         dealer = self._dealers.get(address) or self._connect(address)
-        try:
-            dealer.sock.send(frame, flags=zmq.NOBLOCK)
-        except zmq.Again:
+        if not int(dealer.sock.getsockopt(_EVENTS)) & _POLLOUT:
             raise SendFailed(f"no connection to {address}, or its send queue is full "
-                             f"({SEND_HWM} messages)") from None
-        except zmq.ZMQError as exc:
-            raise SendFailed(f"cannot send to {address}: {exc}") from None
-        finally:
-            dealer.poke()
+                             f"({SEND_HWM} messages)")
+        self._requests.setdefault(address, []).append(frame)
+
+    def flush(self) -> None:
+        """Send the requests and node answers that wait, one message per peer."""
+        requests, self._requests = self._requests, {}
+        answers, self._answers = self._answers, {}
+        for address, frames in requests.items():
+            dealer = self._dealers.get(address)
+            if dealer is None:
+                continue  # closed meanwhile
+            for chunk in _chunks(frames):
+                try:
+                    dealer.sock.send_multipart(chunk, flags=_NOBLOCK)
+                except zmq.ZMQError as exc:  # full since send() looked: they time out
+                    log.warning("%s: %d requests to %s dropped: %s", self.name, len(chunk),
+                                address, exc)
+            dealer.sent()
+        for identity, frames in answers.items():
+            for chunk in _chunks(frames):
+                self._send_answers(identity, chunk)
 
     def connect(self, address: str) -> None:
         """Open the DEALER towards a peer ahead of the first request to it."""
@@ -158,8 +218,15 @@ class ZmqTransport:
         except zmq.ZMQError as exc:
             sock.close(0)
             raise SendFailed(f"cannot connect to {address}: {exc}") from None
-        reader = SocketReader(sock, lambda frames: self._on_reply(address, frames),
-                              f"{self.name} dealer to {address}")
+        def replies(frames: list[bytes]) -> None:
+            if len(frames) > MAX_PARTS:
+                self._on_reply(address, frames)  # refused whole
+                return
+            for part in frames:
+                self._on_reply(address, [part])
+
+        reader = SocketReader(sock, replies, f"{self.name} dealer to {address}",
+                              self._burst_end)
         self._dealers[address] = reader
         return reader
 
@@ -171,3 +238,7 @@ class ZmqTransport:
         self._dealers.clear()
         self._router = None
         self._ctx.term()
+
+
+def _chunks(frames: list[bytes]) -> list[list[bytes]]:
+    return [frames[i:i + MAX_PARTS] for i in range(0, len(frames), MAX_PARTS)]

@@ -14,17 +14,23 @@ commit; the ``fsync = true`` option turns on ``synchronous=FULL`` for that, at a
 Every value is kept inline in the SQLite database rather than in a side file, because
 diskcache writes side files without an fsync: one SQLite commit then covers key and value
 alike, whatever the ``fsync`` option says.
+
+Group commit. ``batch()`` wraps its writes in one SQLite transaction (diskcache's
+``transact``), so a batch costs one commit, and with ``fsync = true`` one sync.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import diskcache
 
 from dynamo_core.hookspecs import StorageEngine, StorageFactory, hookimpl
+
+from ._options import fsync_option
 
 #: SQLite's ``PRAGMA synchronous`` levels, as diskcache's ``sqlite_synchronous`` takes them.
 SYNCHRONOUS_NORMAL = 1
@@ -54,6 +60,8 @@ class DiskCacheEngine:
             sqlite_synchronous=SYNCHRONOUS_FULL if fsync else SYNCHRONOUS_NORMAL,
             disk_min_file_size=INLINE_VALUE_LIMIT,
         )
+        #: inside ``batch()``
+        self._batching = False
 
     def get(self, key: str) -> bytes | None:
         """The stored value, or ``None``; no stored value is ever ``None`` (values are bytes)."""
@@ -88,16 +96,30 @@ class DiskCacheEngine:
         """Close the SQLite connections; diskcache makes a second close harmless."""
         self._cache.close()
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the writes inside are one SQLite transaction, committed at exit.
 
-def _fsync_option(options: Mapping[str, Any]) -> bool:
-    """Read ``fsync`` strictly: a string like ``"false"`` would otherwise count as true."""
-    fsync = options.get("fsync", False)
-    if not isinstance(fsync, bool):
-        raise ValueError(
-            f"storage option 'fsync' must be true or false, got {fsync!r} "
-            f"({type(fsync).__name__})"
-        )
-    return fsync
+        diskcache's ``transact`` is reentrant per thread: the ``set`` and ``delete`` calls
+        inside join its transaction rather than commit their own, and ``get`` reads through
+        the same connection, so it sees them. It commits when the block exits normally and
+        rolls back (then re-raises) on any exception. It would nest; batches here do not.
+        """
+        if self._batching:
+            raise RuntimeError("storage batches are never nested")
+        self._batching = True
+        try:
+            with self._cache.transact():
+                yield
+        except BaseException:
+            # A COMMIT that failed (a full disk, say) can leave SQLite's transaction open
+            # after diskcache has forgotten it; then no later write could begin its own.
+            con = self._cache._con
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            self._batching = False
 
 
 def open_diskcache_engine(data_dir: str | None, options: Mapping[str, Any]) -> StorageEngine:
@@ -108,7 +130,7 @@ def open_diskcache_engine(data_dir: str | None, options: Mapping[str, Any]) -> S
     """
     if data_dir is None:
         raise ValueError("the diskcache engine needs a data directory (set --data-dir)")
-    return DiskCacheEngine(os.path.join(data_dir, "storage"), fsync=_fsync_option(options))
+    return DiskCacheEngine(os.path.join(data_dir, "storage"), fsync=fsync_option(options))
 
 
 @hookimpl

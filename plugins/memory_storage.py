@@ -2,11 +2,15 @@
 
 It exists for tests, simulations and throwaway clusters, where a disk would only slow things
 down. It says ``durable = False`` so the core never counts on it surviving a crash.
+
+``batch()`` keeps an undo log, so a batch that raises leaves nothing behind, as with the
+durable engines.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from dynamo_core.hookspecs import StorageEngine, StorageFactory, hookimpl
@@ -19,6 +23,8 @@ class MemoryEngine:
 
     def __init__(self) -> None:
         self._data: dict[str, bytes] = {}
+        #: inside ``batch()``: each key's value before the batch first wrote it (None: absent)
+        self._undo: dict[str, bytes | None] | None = None
 
     def get(self, key: str) -> bytes | None:
         """The stored value, or ``None`` so a missing key is not an error for the caller."""
@@ -31,10 +37,12 @@ class MemoryEngine:
                 f"storage keys must be str and values bytes, got {type(key).__name__} "
                 f"and {type(value).__name__}"
             )
+        self._remember(key)
         self._data[key] = value
 
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is a no-op, as retried deletes need."""
+        self._remember(key)
         self._data.pop(key, None)
 
     def keys(self) -> Iterator[str]:
@@ -46,6 +54,30 @@ class MemoryEngine:
 
     def close(self) -> None:
         """Nothing to release: the dict goes with the object."""
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: writes apply at once (gets see them) and are undone if it raises."""
+        if self._undo is not None:
+            raise RuntimeError("storage batches are never nested")
+        undo: dict[str, bytes | None] = {}
+        self._undo = undo
+        try:
+            yield
+        except BaseException:
+            for key, old in undo.items():
+                if old is None:
+                    self._data.pop(key, None)
+                else:
+                    self._data[key] = old
+            raise
+        finally:
+            self._undo = None
+
+    def _remember(self, key: str) -> None:
+        """Inside a batch, note the value ``key`` had before the batch first wrote it."""
+        if self._undo is not None and key not in self._undo:
+            self._undo[key] = self._data.get(key)
 
 
 def open_memory_engine(data_dir: str | None, options: Mapping[str, Any]) -> StorageEngine:

@@ -267,29 +267,34 @@ class Cluster:
 
         Listing the members is not enough: a restarted node knows them from ``node.cbor``
         at once, before its connections to them are up, and a request it coordinates then
-        finds no peer to send to.
+        finds no peer to send to. Every running node must also build the same ring (the
+        same ``ring_digest``): members choose their join orders through gossip, and a test
+        that reads where keys live must not start while the ring still settles.
         """
         expected = set(self.nodes)
         pending = set(self.running())
+        digests: dict[str, str] = {}
 
         def converged() -> bool:
             running = set(self.running())
-            for name in sorted(pending):
+            for name in sorted(running):
                 if not self.nodes[name].running:
                     proc = self.nodes[name].proc
                     pytest.fail(f"node {name} exited with status "
                                 f"{proc.returncode if proc else '?'}:\n{self.logs()}")
                 with Client(self.address(name), timeout=0.5) as c:
                     status = c.status(node=self.address(name))
+                digests[name] = status["ring_digest"]
                 members = {m["name"]: m for m in status["members"]}
                 since = self.nodes[name].started_at
-                if set(members) == expected and all(
+                if name in pending and set(members) == expected and all(
                         (members[peer]["last_heard"] or 0) >= since
                         for peer in running - {name}):
                     pending.discard(name)
-            return not pending
+            return not pending and len({digests[n] for n in running}) == 1
 
-        wait_for(converged, timeout, f"nodes {sorted(pending)} to see all of {sorted(expected)}")
+        wait_for(converged, timeout, f"nodes {sorted(pending)} to see all of {sorted(expected)} "
+                                     f"and every node to build the same ring")
 
 
 # ====================================================================== fixtures

@@ -64,7 +64,7 @@ WALK = ("n1", "n2", "n3", "n4", "n5")
 #: wall-clock time at Net.now == 0 (versions, hints and request expiry read the wall clock)
 WALL_EPOCH = 1_800_000_000.0
 #: the client's own request bodies and codec, so the test's requests are a client's
-CLIENT = _Requests("tcp://n1.test:1", TIMEOUT)
+CLIENT = _Requests("tcp://n1.test:1", TIMEOUT, route=False)
 #: decodes the frames between nodes for the tests to read
 NODE_CODEC = Codec()
 
@@ -249,17 +249,20 @@ class Net:
         The one fault injected inside a core: a node serves its own replica with no
         frame, and no storage engine can make the store fail with a chosen error (the
         store reports any engine failure as StorageFailed), so the store's ``apply`` is
-        replaced on this one core. Dots are still issued and recorded, as on a disk that
-        failed after the key's counter was written. ``heal`` mends it.
+        replaced on this one core (``apply`` for replicas, ``write_new`` for the
+        coordinator's own write). ``heal`` mends it.
         """
-        def refuse(bucket: str, key: str, incoming: Sequence[Version]) -> bool:
+        def refuse(*args: Any) -> Any:
             raise error
-        self.cores[node].store.apply = refuse  # type: ignore[method-assign]
+        store = self.cores[node].store
+        store.apply = refuse  # type: ignore[method-assign]
+        store.write_new = refuse  # type: ignore[method-assign]
 
     def heal(self, node: str) -> None:
         for faults in (self.silent, self.slow, self.failing, self.errors):
             faults.pop(node, None)
         vars(self.cores[node].store).pop("apply", None)
+        vars(self.cores[node].store).pop("write_new", None)
 
     def believe_down(self, *nodes: str) -> None:
         """Every other node's failure detector comes to believe ``nodes`` down."""
@@ -435,6 +438,22 @@ def plain_plan(key: str, quorum: int) -> KeyPlan:
     return KeyPlan(BUCKET, key, HOMES, quorum)
 
 
+def stand_in_plan(key: str, quorum: int) -> KeyPlan:
+    """The key's homes n2-n4, n2 believed down and n1 standing in for it."""
+    return KeyPlan(BUCKET, key, ("n2", "n3", "n4"), quorum, targets=("n1", "n3", "n4"),
+                   stand_in={"n1": "n2"})
+
+
+def stand_in_put(coord: Coordinator, key: str, quorum: int, value: Any = "v") -> Send:
+    """A put forwarded to ``coord`` while it stands in for a home: it stores its own copy
+    as a hint, through the same replica_put a stand-in is sent, before the others."""
+    [local] = coord.start_put("c", stand_in_plan(key, quorum), value, None, False, 0.0,
+                              forwarded=True)
+    assert isinstance(local, Send)
+    assert (local.to, local.msg_type, local.body["hint"]) == ("n1", "replica_put", "n2")
+    return local
+
+
 def coded(code: str, message: str) -> errors.DynamoError:
     """An error that travels with ``code``, even a code no error class knows."""
     error = errors.DynamoError(message)
@@ -545,9 +564,9 @@ def test_put_with_w3_counts_a_replica_error_as_a_failure_not_an_answer(net):
 
 def test_put_treats_a_reply_of_the_wrong_type_as_a_failed_replica():
     coord = bare_coordinator("n1")
-    [local] = coord.start_put("c", plain_plan("k", 3), "v", None, False, 0.0)
-    assert local.to == "n1"
-    effects = coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)
+    # The coordinator's own replica is written in place, then the others are sent to.
+    effects = coord.start_put("c", plain_plan("k", 3), "v", None, False, 0.0)
+    assert [v.value for v in coord.dots.read(BUCKET, "k")] == ["v"]
     sends = {s.to: s for s in effects if isinstance(s, Send)}
     assert sorted(sends) == ["n2", "n3"] and len(effects) == 2
     assert coord.on_reply(sends["n2"].req_id, "n2", "replica_put_ok", {}, 0.0) == []
@@ -558,17 +577,27 @@ def test_put_treats_a_reply_of_the_wrong_type_as_a_failed_replica():
     assert coord.stale_replies == 0
 
 
-def test_a_put_sends_nothing_to_the_other_replicas_until_the_coordinators_own_write_is_acked():
+def test_a_put_stores_the_version_itself_in_one_step_before_any_replica_is_sent_it():
     coord = bare_coordinator("n1")
-    effects = coord.start_put("c", plain_plan("k", 2), "v", None, False, 0.0)
-    [local] = effects
-    assert (local.to, local.msg_type) == ("n1", "replica_put") and local.req_id is not None
+    out = coord.start_put("c", plain_plan("k", 2), "v", None, False, 0.0)
+    [stored] = coord.dots.read(BUCKET, "k")
+    assert [(s.to, s.msg_type) for s in out] == [("n2", "replica_put"), ("n3", "replica_put")]
+    assert all(s.body["versions"] == [stored.to_wire()] for s in out), \
+        "every replica gets the version n1 stored, under the dot n1 recorded"
+    assert coord.dots.state(BUCKET, "k")[1] == stored.dot[1]
+    assert all(s.req_id is not None for s in out)
+    assert coord.pending() == 1 and len(coord._sent) == 2
+
+
+def test_a_stand_in_sends_nothing_to_the_other_replicas_until_its_own_hint_is_acked():
+    coord = bare_coordinator("n1")
+    local = stand_in_put(coord, "k", 2)
     assert coord.pending() == 1 and list(coord._sent) == [local.req_id]
 
     out = coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)
-    assert [(s.to, s.msg_type) for s in out] == [("n2", "replica_put"), ("n3", "replica_put")]
-    assert all(s.body == local.body for s in out), "every replica gets the version n1 stored"
-    assert all(s.req_id is not None for s in out)
+    assert [(s.to, s.msg_type) for s in out] == [("n3", "replica_put"), ("n4", "replica_put")]
+    assert all(s.body["versions"] == local.body["versions"] for s in out)
+    assert all("hint" not in s.body for s in out)
     assert len({local.req_id, *(s.req_id for s in out)}) == 3
 
 
@@ -578,8 +607,7 @@ def test_a_put_sends_nothing_to_the_other_replicas_until_the_coordinators_own_wr
 
 def test_a_put_whose_own_replica_is_silent_sends_no_other_replica_anything_and_times_out():
     coord = bare_coordinator("n1")
-    [local] = coord.start_put("c", plain_plan("k", 2), "v1", None, False, 0.0)
-    assert (local.to, local.msg_type) == ("n1", "replica_put")
+    stand_in_put(coord, "k", 2, "v1")
     assert coord.on_tick(TIMEOUT - 0.001) == []
     effects = coord.on_tick(TIMEOUT)
     [fail] = [e for e in effects if isinstance(e, Fail)]
@@ -588,7 +616,6 @@ def test_a_put_whose_own_replica_is_silent_sends_no_other_replica_anything_and_t
     assert (err.op, err.answered, err.required) == ("put", 0, 2)
     assert "no answer from n1" in str(err)
     assert [e for e in effects if isinstance(e, Send)] == [], "nothing sent after the deadline"
-    assert coord.dots.read(BUCKET, "k") == []
     assert coord.pending() == 0 and coord._sent == {}
 
 
@@ -610,7 +637,7 @@ def test_a_put_whose_local_write_fails_fails_at_once_with_the_local_error(net, c
 
 def test_a_local_write_error_without_a_code_fails_the_put_naming_the_coordinator():
     coord = bare_coordinator("n1")
-    [local] = coord.start_put("c", plain_plan("k", 2), "v", None, False, 0.0)
+    local = stand_in_put(coord, "k", 2)
     [fail] = coord.on_reply(local.req_id, "n1", "error", {"message": "disk gone"}, 0.0)
     assert isinstance(fail, Fail) and fail.client == "c"
     assert type(fail.error) is errors.DynamoError
@@ -620,7 +647,7 @@ def test_a_local_write_error_without_a_code_fails_the_put_naming_the_coordinator
 
 def test_a_wrong_type_reply_to_the_local_write_fails_the_put_without_replicating():
     coord = bare_coordinator("n1")
-    [local] = coord.start_put("c", plain_plan("k", 2), "v", None, False, 0.0)
+    local = stand_in_put(coord, "k", 2)
     [fail] = coord.on_reply(local.req_id, "n1", "replica_get_ok", {"versions": []}, 0.0)
     assert isinstance(fail, Fail) and type(fail.error) is errors.DynamoError
     assert str(fail.error) == ("n1 could not store the version: "
@@ -785,8 +812,7 @@ def test_a_forwarded_put_whose_every_home_is_unreachable_fails_as_unavailable():
 
 def test_a_replica_the_coordinator_cannot_reach_counts_as_an_unavailable_failure():
     coord = bare_coordinator("n1")
-    [local] = coord.start_put("c", plain_plan("k", 3), "v", None, False, 0.0)
-    sends = {s.to: s for s in coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)}
+    sends = {s.to: s for s in coord.start_put("c", plain_plan("k", 3), "v", None, False, 0.0)}
     assert coord.on_reply(sends["n2"].req_id, "n2", "replica_put_ok", {}, 0.0) == []
     effects = coord.on_unreachable(sends["n3"].req_id, "n3", "no address known for node n3",
                                    0.0)
@@ -842,9 +868,8 @@ def test_a_put_arriving_forwarded_at_a_non_home_node_is_coordinated_there_not_fo
     effects = coord.start_put("c", plain_plan("k", 2), "v", None, False, 0.0,
                               forwarded=True)
     # It writes to itself first, like any coordinator, then to every home node.
-    assert [(s.to, s.msg_type) for s in effects] == [("n4", "replica_put")]
-    after = coord.on_reply(effects[0].req_id, "n4", "replica_put_ok", {}, 0.0)
-    assert [(s.to, s.msg_type) for s in after] == [
+    assert [v.value for v in coord.dots.read(BUCKET, "k")] == ["v"]
+    assert [(s.to, s.msg_type) for s in effects] == [
         ("n1", "replica_put"), ("n2", "replica_put"), ("n3", "replica_put")]
 
 
@@ -1108,17 +1133,15 @@ def test_a_reply_with_an_unknown_request_id_is_dropped_and_counted():
 
 def test_replies_after_an_operation_ended_are_dropped_and_counted():
     coord = bare_coordinator("n1")
-    [local] = coord.start_put("c", plain_plan("k", 2), "v", None, False, 0.0)
-    ids = {"n1": local.req_id}
-    ids.update((s.to, s.req_id)
-               for s in coord.on_reply(ids["n1"], "n1", "replica_put_ok", {}, 0.0))
-    assert sorted(ids) == ["n1", "n2", "n3"]
+    ids = {s.to: s.req_id for s in coord.start_put("c", plain_plan("k", 2), "v", None,
+                                                   False, 0.0)}
+    assert sorted(ids) == ["n2", "n3"]
     [ok] = coord.on_reply(ids["n2"], "n2", "replica_put_ok", {}, 0.0)
     assert isinstance(ok, Reply)
     # The last replica, a duplicate, and an error for the finished put.
     assert coord.on_reply(ids["n3"], "n3", "replica_put_ok", {}, 0.1) == []
     assert coord.on_reply(ids["n2"], "n2", "replica_put_ok", {}, 0.1) == []
-    assert coord.on_reply(ids["n1"], "n1", "error", {"message": "late"}, 0.1) == []
+    assert coord.on_reply(ids["n3"], "n3", "error", {"message": "late"}, 0.1) == []
     assert coord.stale_replies == 3
     assert coord.pending() == 0 and coord._sent == {}
 
@@ -1140,32 +1163,28 @@ def test_replies_after_a_timed_out_operation_are_dropped_and_counted():
 
 def test_a_reply_from_a_peer_other_than_the_one_asked_is_dropped_and_counted():
     coord = bare_coordinator("n1")
-    [local] = coord.start_put("c", plain_plan("k", 3), "v", None, False, 0.0)
-    # Another node answering the coordinator's own write neither replicates nor fails it.
-    assert coord.on_reply(local.req_id, "n2", "replica_put_ok", {}, 0.0) == []
-    assert coord.on_reply(local.req_id, "n3", "error", {"message": "not mine"}, 0.0) == []
-    ids = {s.to: s.req_id
-           for s in coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)}
+    ids = {s.to: s.req_id for s in coord.start_put("c", plain_plan("k", 3), "v", None,
+                                                   False, 0.0)}
     assert sorted(ids) == ["n2", "n3"]
+    # Another node answering n2's request neither counts nor fails it.
     assert coord.on_reply(ids["n2"], "n4", "replica_put_ok", {}, 0.0) == []
     assert coord.on_reply(ids["n2"], "n3", "error", {"message": "not mine"}, 0.0) == []
-    assert coord.stale_replies == 4
+    assert coord.on_reply(ids["n3"], "n1", "replica_put_ok", {}, 0.0) == []
+    assert coord.stale_replies == 3
     assert coord.pending() == 1, "the operation is untouched"
 
 
 def test_a_reply_from_the_wrong_peer_does_not_cost_the_right_peer_its_answer():
     coord = bare_coordinator("n1")
-    [local] = coord.start_put("c", plain_plan("k", 3), "v", None, False, 0.0)
-    assert coord.on_reply(local.req_id, "n4", "replica_put_ok", {}, 0.0) == []
-    effects = coord.on_reply(local.req_id, "n1", "replica_put_ok", {}, 0.0)
+    effects = coord.start_put("c", plain_plan("k", 3), "v", None, False, 0.0)
     ids = {s.to: s.req_id for s in effects}
-    assert sorted(ids) == ["n2", "n3"], f"the genuine local ack was lost: {effects}"
+    assert sorted(ids) == ["n2", "n3"]
     assert coord.on_reply(ids["n2"], "n4", "replica_put_ok", {}, 0.0) == []
     assert coord.on_reply(ids["n3"], "n3", "replica_put_ok", {}, 0.0) == []
     out = coord.on_reply(ids["n2"], "n2", "replica_put_ok", {}, 0.0)
     assert [type(e) for e in out] == [Reply], f"the genuine ack was lost: {out} " \
         f"then at the deadline {coord.on_tick(TIMEOUT + 1)}"
-    assert coord.stale_replies == 2
+    assert coord.stale_replies == 1
     assert coord.pending() == 0 and coord._sent == {}
 
 
@@ -1665,17 +1684,16 @@ def test_hinted_writes_counts_every_replica_put_sent_with_a_hint(sloppy):
 def test_a_put_waiting_on_its_own_write_reports_no_peer_it_never_contacted():
     # Its own write is never pending in a node (see above): the coordinator alone.
     coord = bare_coordinator("n1")
-    sent = coord.start_put("c", plain_plan("k", 2), "v1", None, False, 0.0)
+    stand_in_put(coord, "k", 2, "v1")  # n3 and n4 are sent nothing before n1's own ack
     effects = coord.on_tick(TIMEOUT)
     [fail] = [e for e in effects if isinstance(e, Fail)]
     assert type(fail.error) is QuorumNotMet
-    assert [s.to for s in sent] == ["n1"], "n2 and n3 were never sent anything"
     reported = {e.peer for e in effects if isinstance(e, PeerFailed)}
-    assert not reported & {"n2", "n3"}, f"never-contacted peers reported failed: {reported}"
+    assert not reported & {"n3", "n4"}, f"never-contacted peers reported failed: {reported}"
 
 
 def test_a_put_waiting_on_its_own_write_reports_each_peer_at_most_once():
-    # Its own write is never pending in a node (see above): the coordinator alone.
+    # Replicas silent past the hedge are replaced, and each is reported once.
     coord = bare_coordinator("n1")
     plan = KeyPlan.sloppy(BUCKET, "k", WALK, 3, 2, down_set())
     effects = coord.start_put("c", plan, "v1", None, False, 0.0)

@@ -297,3 +297,29 @@ def test_lww_merge_on_read_does_not_make_an_older_value_newer() -> None:
         assert final.values == ["C"], (
             f"last-write-wins returned {final.values}: the merged B carries the read's "
             f"time {times['B']:.3f}, later than C's {times['C']:.3f}")
+
+
+# ====================================================================== measurement tools
+
+
+def test_profile_breakdown_charges_each_sample_to_its_innermost_kind_of_work(tmp_path) -> None:
+    import profile_breakdown
+
+    raw = tmp_path / "node.txt"
+    raw.write_text(
+        "run (asyncio/base_events.py:607);_on_request (dynamo_core/core.py:799);"
+        "dumps (dynamo_core/wire.py:184);dumps (cbor2) 3\n"
+        "run (asyncio/base_events.py:607);apply (dynamo_core/store.py:229);"
+        "set (diskcache/core.py:797) 1\n"
+        "select (selectors.py:468) 1\n"
+        "garbage line\n")
+    counts, total = profile_breakdown.breakdown([str(raw)])
+    assert total == 5
+    assert counts == {"CBOR encode/decode": 3, "storage engine (SQLite/LMDB)": 1,
+                      "event loop (asyncio, epoll)": 1}
+
+
+def test_peer_stores_script_explains_itself_without_any_server() -> None:
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "peer_stores.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "etcd" in proc.stdout and "redis" in proc.stdout

@@ -18,7 +18,7 @@ import zmq
 
 from dynamo_core.client import Client
 from dynamo_core.errors import InvalidRequest
-from dynamo_core.wire import MAX_DEPTH, Codec, Message
+from dynamo_core.wire import MAX_DEPTH, MAX_PARTS, Codec, Message
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.cluster]
 
@@ -279,16 +279,23 @@ def test_an_unknown_message_type_is_named_in_the_error(dealer):
                  "unknown message type 'frobnicate'", req_id=20)
 
 
-def test_a_multi_frame_message_is_refused(dealer):
-    reply = exchange(dealer, envelope(req_id=21), b"second frame", b"third")
+def test_each_frame_of_a_multi_frame_message_is_a_request_answered_on_its_own(dealer):
+    dealer.send_multipart([envelope(req_id=21), b"not cbor", envelope(req_id=23)])
+    answers = []
+    for _ in range(3):
+        assert dealer.poll(REPLY_WAIT_MS), "the node did not answer every frame"
+        answers.append(Codec().decode(dealer.recv()))
+    by_id = {m.id: m for m in answers}
+    assert by_id[21].type == "pong" and by_id[23].type == "pong"
+    assert by_id[None].type == "error" and by_id[None].body["code"] == "wire_error"
+
+
+def test_a_message_of_more_frames_than_a_node_takes_is_refused_whole(dealer):
+    reply = exchange(dealer, envelope(req_id=22), *[envelope(req_id=99)] * MAX_PARTS)
     assert reply.type == "error" and reply.body["code"] == "wire_error"
-    assert "expected one frame per message, got 3" in reply.body["message"]
-
-
-def test_a_multi_frame_message_error_carries_the_request_id_of_its_first_frame(dealer):
-    reply = exchange(dealer, envelope(req_id=22), b"second frame")
-    assert reply.type == "error"
-    assert reply.id == 22
+    assert f"at most {MAX_PARTS} frames" in reply.body["message"]
+    assert reply.id == 22, "the refusal carries the request id of the first frame"
+    assert not dealer.poll(200), "nothing of the refused message was served"
 
 
 @pytest.mark.parametrize("reply_type, body", [

@@ -223,8 +223,9 @@ def test_a_get_during_a_join_does_not_count_the_new_nodes_empty_answer_as_the_ke
     wait_for(lambda: all(len({m["name"] for m in status(cl, n)["members"]
                               if m["status"] in ("up", "joining")}) == 5 for n in cl.names), 10,
              "every node to see n5 in the ring")
-    # A key n5 became a home of, whose old homes are the walk's next ones (under strategy 3
-    # a few partitions also change hands among the old nodes; those keys do not fit).
+    # A key n5 became a home of, whose old homes are the walk's next ones (under strategy 3 a
+    # key whose walk passed a partition n5 took over may lose that partition's old owner
+    # from its homes; those keys do not fit).
     key = next(k for k in keys if "n5" in walk(k)[:N]
                and set(walk(k)[:N + 1]) - {"n5"} == homes_before[k])
     order = walk(key)

@@ -255,10 +255,10 @@ def test_a_leaving_node_hands_its_ranges_off_then_exits_and_every_key_keeps_n_co
 # ====================================================================== remove
 
 
-@pytest.mark.parametrize("strategy, extra", [("strategy-1", 1.0), ("strategy-3", 1.15)])
-def test_a_removed_node_is_rebuilt_from_the_other_replicas(strategy, extra):
-    # Under strategy 1 exactly the dead node's ranges move. Strategy 3 keeps every node's
-    # share equal, so a few partitions also change hands among the others (``extra``).
+@pytest.mark.parametrize("strategy", ["strategy-1", "strategy-3"])
+def test_a_removed_node_is_rebuilt_from_the_other_replicas(strategy):
+    # Under strategy 1 exactly the dead node's ranges move. Under strategy 3 exactly its
+    # partitions do: the removal is replayed as a leave, which deals them out to the others.
     options = {"strategy": strategy, **({"tokens_per_capacity": 128}
                                         if strategy == "strategy-1" else {})}
     keys = {f"remove-{i}": i for i in range(KEYS)}
@@ -288,7 +288,7 @@ def test_a_removed_node_is_rebuilt_from_the_other_replicas(strategy, extra):
           f"(read repair the rest) in {took:.1f}s (simulated); {reader.summary()}")
     # Each lost copy is rebuilt once: by anti-entropy, or by read repair when the reader
     # got to it first.
-    assert rebuilt <= lost * extra
+    assert rebuilt <= lost
     for name in stay:
         seen = {m["name"]: m["status"] for m in status(cl, name)["members"]}
         assert seen[dead] == "removed", (name, seen)
@@ -319,8 +319,9 @@ def test_a_get_during_a_join_does_not_count_the_new_nodes_empty_answer_as_the_ke
     cl.run_until(lambda: all(len({m["name"] for m in status(cl, n)["members"]
                                   if m["status"] in ("up", "joining")}) == 5
                              for n in cl.nodes), 10, "every node to see n5 in the ring")
-    # Keys n5 became a home of, whose old homes are the walk's next ones (under strategy 3
-    # a few partitions also change hands among the old nodes; those keys do not fit).
+    # Keys n5 became a home of, whose old homes are the walk's next ones (under strategy 3 a
+    # key whose walk passed a partition n5 took over may lose that partition's old owner
+    # from its homes; those keys do not fit).
     fitting = [k for k in keys if "n5" in walk(k)[:N]
                and set(walk(k)[:N + 1]) - {"n5"} == homes_before[k]]
     assert len(fitting) >= 10, fitting

@@ -565,7 +565,8 @@ def test_encoding_a_value_cbor_cannot_represent_is_a_wire_error(codec):
 
 #: One valid body per built-in message type, using every optional field somewhere.
 VALID_BODIES: dict[str, dict] = {
-    "get": {"bucket": "carts", "key": "alice", "r": 2, "resolve": True},
+    "get": {"bucket": "carts", "key": "alice", "r": 2, "resolve": True,
+            "ring": b"\x07" * 16},
     "put": {"bucket": "carts", "key": "alice", "value": {"items": ["book", "pen"], "n": 2},
             "context": b"\x01ctx", "w": 2, "forwarded": False},
     "delete": {"bucket": "carts", "key": "alice", "context": b"ctx", "w": 1,
@@ -574,6 +575,7 @@ VALID_BODIES: dict[str, dict] = {
     "inspect": {"bucket": "default", "key": "alice"},
     "preflist": {"bucket": "default", "key": "alice"},
     "ping": {},
+    "ring": {},
     "replica_get": {"bucket": "carts", "key": "alice"},
     "replica_put": {"bucket": "carts", "key": "alice",
                     "versions": [{"value": [1, 2], "clock": [["n1", 3]], "tombstone": False}]},
@@ -582,7 +584,11 @@ VALID_BODIES: dict[str, dict] = {
                             "tokens": [1, 2 ** 40]}]},
     "get_ok": {"siblings": [{"value": {"items": ["book"]}, "timestamp": 1.5}],
                "context": b"ctx"},
-    "put_ok": {"context": b"ctx"},
+    "put_ok": {"context": b"ctx", "ring_stale": True},
+    "ring_ok": {"digest": b"\x07" * 16, "q": 256, "tokens": b"\x00" * 32, "owners": [0, 1],
+                "members": [["n1", "tcp://127.0.0.1:7101", "up"],
+                            ["n2", "tcp://127.0.0.1:7102", "down"]],
+                "n": 3, "buckets": {"carts": 3}},
     "replica_get_ok": {"versions": []},
     "replica_put_ok": {},
     "replica_put_many_ok": {"results": [True, False, "refused: too many siblings"]},

@@ -179,7 +179,7 @@ class SimClient:
         #: takes one operation from the shared budget; False once it is spent
         self._budget = budget
         self.rng = world.rng
-        self.protocol = _Requests(addresses, workload.timeout)
+        self.protocol = _Requests(addresses, workload.timeout, route=False)
         self.codec = Codec()
         #: request id -> (the reply type it expects, who awaits it)
         self._pending: dict[int, tuple[str, Callable[[Any], None]]] = {}

@@ -5,12 +5,15 @@ global): its engines keep their bytes in the :class:`Disks` of the simulation, s
 that crashes and restarts finds exactly what its engine had acknowledged, as a durable
 engine after a kill -9 does. It is not power-safe, so a node that crashed starts a new
 actor epoch, as it would on diskcache. A disk fault makes writes raise ``OSError`` (a full
-or failing disk) until it is mended; reads keep working.
+or failing disk) until it is mended; reads keep working. Writes in a batch (group commit)
+are buffered and meet the fault at the commit instead, which then fails as a whole: the
+node's roll-back of a failed turn runs under every disk fault a simulation injects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from ..api import StorageEngine, StorageFactory
@@ -28,6 +31,8 @@ class SimEngine:
         self._disks = disks
         self.owner = owner
         self.data: dict[str, bytes] = {}
+        #: the open batch's writes (None: a deletion), or None when no batch is open
+        self._pending: dict[str, bytes | None] | None = None
 
     def _check(self) -> None:
         if self.owner in self._disks.failing:
@@ -35,23 +40,52 @@ class SimEngine:
             raise OSError(5, f"simulated disk error on {self.owner}")
 
     def get(self, key: str) -> bytes | None:
+        if self._pending is not None and key in self._pending:
+            return self._pending[key]
         return self.data.get(key)
 
     def put(self, key: str, value: bytes) -> None:
-        self._check()
         if not isinstance(key, str) or not isinstance(value, bytes):
             raise TypeError("storage keys must be str and values bytes")
+        if self._pending is not None:
+            self._pending[key] = value
+            return
+        self._check()
         self.data[key] = value
 
     def delete(self, key: str) -> None:
+        if self._pending is not None:
+            self._pending[key] = None
+            return
         self._check()
         self.data.pop(key, None)
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Buffer the writes; commit them at once, or none if the disk fails then."""
+        if self._pending is not None:
+            raise RuntimeError("batches do not nest")
+        pending: dict[str, bytes | None] = {}
+        self._pending = pending
+        try:
+            yield
+            self._check()
+        finally:
+            self._pending = None
+        for key, value in pending.items():
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+
     def keys(self) -> Iterator[str]:
-        return iter(list(self.data))
+        if self._pending is None:
+            return iter(list(self.data))
+        merged = {**self.data, **self._pending}
+        return iter([k for k, v in merged.items() if v is not None])
 
     def __len__(self) -> int:
-        return len(self.data)
+        return sum(1 for _ in self.keys())
 
     def close(self) -> None:
         """Nothing to release: the bytes stay with the simulation."""

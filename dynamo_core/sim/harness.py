@@ -394,7 +394,8 @@ class ScriptClient:
         self.name = name
         self.timeout = timeout
         self.via = via
-        self.protocol = _Requests([cluster.address(n) for n in cluster.nodes], timeout)
+        self.protocol = _Requests([cluster.address(n) for n in cluster.nodes], timeout,
+                                  route=False)
         self.codec = Codec()
         self._turn = itertools.count()
         self._answers: dict[int, Any] = {}

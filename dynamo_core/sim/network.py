@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..transport import ReplyHandler, RequestHandler, SendFailed
+from ..transport import BurstHandler, ReplyHandler, RequestHandler, SendFailed
 from .world import World
 
 #: Where a client hears its answers: the raw frame.
@@ -171,11 +171,16 @@ class SimTransport:
         self.name = name
         self.address = address
 
-    def start(self, on_request: RequestHandler, on_reply: ReplyHandler) -> None:
+    def start(self, on_request: RequestHandler, on_reply: ReplyHandler,
+              on_burst_end: BurstHandler | None = None) -> None:
+        """Every frame arrives on its own: the node ends its turn itself (SimNode)."""
         self.network.attach_node(self.name, self.address, on_request, on_reply)
 
-    def reply(self, identity: bytes, frame: bytes) -> None:
+    def reply(self, identity: bytes, frame: bytes, to_peer: bool = False) -> None:
         self.network.reply(self.name, identity, frame)
+
+    def flush(self) -> None:
+        """Every frame was carried on its own already."""
 
     def send(self, address: str, frame: bytes) -> None:
         self.network.request(self.name, address, frame)

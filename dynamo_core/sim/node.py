@@ -161,13 +161,18 @@ class SimNode:
         if self.paused:
             self._backlog.append((True, identity, frames))
         elif self.core is not None:
-            self._carry_out(self.core.receive(identity, frames, self.monotonic()))
+            # Each frame is a turn of its own, its answers released by its commit.
+            self.core.begin_turn()
+            effects = self.core.receive(identity, frames, self.monotonic())
+            self._carry_out(effects + self.core.end_turn(self.monotonic()))
 
     def _on_reply(self, address: str, frames: list[bytes]) -> None:
         if self.paused:
             self._backlog.append((False, address, frames))
         elif self.core is not None:
-            self._carry_out(self.core.receive_reply(address, frames, self.monotonic()))
+            self.core.begin_turn()
+            effects = self.core.receive_reply(address, frames, self.monotonic())
+            self._carry_out(effects + self.core.end_turn(self.monotonic()))
 
     def _fire(self, token: int) -> None:
         if token != self._timer_token or self.core is None:
