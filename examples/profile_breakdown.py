@@ -24,7 +24,7 @@ from collections import Counter
 KINDS: list[tuple[str, tuple[str, ...]]] = [
     ("storage engine (SQLite/LMDB)", ("diskcache/", "sqlite3", "lmdb", "_storage.py")),
     ("ZeroMQ sends, receives, polls", ("zmq/", "getsockopt", "zmq_transport.py")),
-    ("event loop (asyncio, epoll)", ("asyncio/", "selectors.py")),
+    ("event loop (uvloop or asyncio; epoll)", ("asyncio/", "selectors.py", "uvloop")),
     ("schema checks, version parsing", ("check_body", "_envelope", "from_wire",
                                         "_parse_entry", "parse_timestamp", "check_value")),
     ("CBOR encode/decode", ("cbor2", "wire.py", "to_wire", "encode_context",

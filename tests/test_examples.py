@@ -316,7 +316,7 @@ def test_profile_breakdown_charges_each_sample_to_its_innermost_kind_of_work(tmp
     counts, total = profile_breakdown.breakdown([str(raw)])
     assert total == 5
     assert counts == {"CBOR encode/decode": 3, "storage engine (SQLite/LMDB)": 1,
-                      "event loop (asyncio, epoll)": 1}
+                      "event loop (uvloop or asyncio; epoll)": 1}
 
 
 def test_peer_stores_script_explains_itself_without_any_server() -> None:
