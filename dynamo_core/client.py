@@ -45,8 +45,10 @@ CONNECT_WAIT = 0.1
 #: ZeroMQ heartbeats on the sockets to homes (milliseconds): a home that stops answering
 #: them (a partition, a paused process) loses its connection within HEARTBEAT_TIMEOUT,
 #: and requests for it go to a given node at once instead of waiting for their timeout.
-HEARTBEAT_IVL = 250
-HEARTBEAT_TIMEOUT = 1000
+#: Kept well under the time nodes take to believe a peer down (a request timeout or
+#: more), so a client stops routing to a silent home before the cluster routes around it.
+HEARTBEAT_IVL = 100
+HEARTBEAT_TIMEOUT = 300
 
 
 def _route_socket(sock: zmq.Socket[bytes]) -> None:

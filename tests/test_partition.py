@@ -152,6 +152,12 @@ class NetCluster:
         status = self.agent(name).call("status", node=self.address(name))
         return {m["name"]: m["state"] for m in status["members"]}
 
+    def same_ring(self) -> bool:
+        """Every node builds the same ring (members settle their join orders by gossip)."""
+        digests = {self.agent(n).call("status", node=self.address(n))["ring_digest"]
+                   for n in self.names}
+        return len(digests) == 1
+
     def sees(self, observers: tuple[str, ...], peers: tuple[str, ...], state: str) -> bool:
         self.check_alive()
         for observer in observers:
@@ -219,8 +225,8 @@ def netcluster(tmp_path: Path) -> Iterator[NetCluster]:
         conftest._ACTIVE.append(nc)  # failing tests get the node logs attached
         nc.start()
         started = time.monotonic()
-        poll(lambda: nc.sees(tuple(nc.names), tuple(nc.names), "up"), START_TIMEOUT,
-             "all four nodes to see each other up")
+        poll(lambda: nc.sees(tuple(nc.names), tuple(nc.names), "up") and nc.same_ring(),
+             START_TIMEOUT, "all four nodes to see each other up and build the same ring")
         print(f"cluster of {NODES} namespaced nodes converged in {seconds(started)}s")
         yield nc
     finally:
