@@ -148,14 +148,6 @@ def summarize(samples: Sequence[float]) -> dict[str, Any]:
     return doc
 
 
-def percentiles(samples: Sequence[float]) -> dict[str, float]:
-    """p50/p99/p99.9 in milliseconds (nearest rank); NaN when there are no samples."""
-    if not samples:
-        return {"p50": math.nan, "p99": math.nan, "p99.9": math.nan}
-    ordered = sorted(samples)
-    return {f"p{p:g}": _nearest_rank(ordered, p) * 1000 for p in (50, 99, 99.9)}
-
-
 # ====================================================================== key choice
 
 

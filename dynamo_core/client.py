@@ -163,7 +163,7 @@ class _Requests:
             if address is not None:
                 self.routed += 1
                 return address, True
-        self.unrouted += 1
+        self.unrouted += msg_type in ROUTED_OPS
         return self.pick(node), False
 
     def usable(self, address: str) -> bool:

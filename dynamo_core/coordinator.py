@@ -207,6 +207,8 @@ class _Operation:
     #: nodes already reported to the failure detector, so each is reported once
     reported: set[str] = field(default_factory=set)
     done: bool = False
+    #: its key in the coordinator's table, once started
+    op_id: int = 0
 
     @property
     def outstanding(self) -> int:
@@ -399,7 +401,7 @@ class Coordinator:
         return None
 
     def _fan_out(self, op: _Operation, now: float, to: list[str] | None = None) -> list[Effect]:
-        op_id = next(self._ids)
+        op.op_id = op_id = next(self._ids)
         self._ops[op_id] = op
         self._arm(op_id, op.deadline)
         return self._sends(op_id, op, op.asked if to is None else to, now) + \
@@ -515,9 +517,8 @@ class Coordinator:
             op.failed[self.name] = str(error)
             op.done = True
             effects.append(Fail(op.client, error))
-            op_id = next((i for i, o in self._ops.items() if o is op), None)
-            if op_id is not None:
-                effects.extend(self._finish(op_id, op))
+            if op.op_id in self._ops:
+                effects.extend(self._finish(op.op_id, op))
         return effects
 
     def on_unreachable(self, req_id: int, peer: str, why: str, now: float) -> list[Effect]:
