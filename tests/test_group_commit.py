@@ -257,3 +257,19 @@ def test_a_failed_batch_keeps_its_counters_even_for_keys_the_cache_does_not_hold
     assert store.read("b", "k") == []
     assert store.write_new("b", "k", Clock.empty(), make).dot == ("me", 2), \
         "dot 1 may have left in a message: it is never issued again"
+
+
+def test_two_puts_to_one_key_in_one_turn_get_distinct_dots_and_both_survive() -> None:
+    """Concurrent blind writes in one batch: the second reads the first through the batch
+    (and the cache), so it gets the next dot, and neither write hides the other."""
+    core, engine = one_node()
+    core.begin_turn()
+    core.receive(b"c1", [put_frame("k", "first", 1)], 0.1)
+    core.receive(b"c2", [put_frame("k", "second", 2)], 0.1)
+    got = answers(core.end_turn(0.2))
+    assert got[1].type == got[2].type == "put_ok"
+    held = core.store.read("default", "k")
+    assert sorted(v.value for v in held) == ["first", "second"], "concurrent: both siblings"
+    assert len({v.dot for v in held}) == 2
+    reopened = LocalStore(engine, 16, core.actor)  # what the engine holds, not the cache
+    assert sorted(v.value for v in reopened.read("default", "k")) == ["first", "second"]
