@@ -308,12 +308,17 @@ class MessageType:
     receipt against ``fields`` (and replies against ``reply_fields``) before any handler
     runs, exactly like the core's own messages: unknown fields, missing required ones and
     values failing their check are rejected with an error reply naming the problem.
+
+    ``access`` is the least role a sender's key needs when the cluster runs with security
+    (``read``, ``write``, ``admin`` or ``peer``; see the README's Security section): mark
+    operator requests ``"admin"``, and messages only nodes send each other ``"peer"``.
     """
 
     name: str
     handler: Handler
     fields: Mapping[str, Field] = dataclasses.field(default_factory=dict)
     reply_fields: Mapping[str, Field] = dataclasses.field(default_factory=dict)
+    access: str = "write"
 
 
 @dataclass(frozen=True)

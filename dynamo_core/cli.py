@@ -66,7 +66,8 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.node, timeout=args.timeout)
+    return Client(args.node, timeout=args.timeout, key=args.key_file or None,
+                  server_key=args.server_key_file or None)
 
 
 def cmd_get(args: argparse.Namespace) -> str:
@@ -214,6 +215,19 @@ def cmd_plugins(args: argparse.Namespace) -> str:
     return _table(rows, ["KIND", "NAME", "MODULE", "FROM"])
 
 
+def cmd_keys(args: argparse.Namespace) -> str:
+    from .security import generate, load_public
+    written = []
+    for name in args.names:
+        public, secret = generate(args.dir, name)
+        written.append({"name": name, "public_key": load_public(public).decode("ascii"),
+                        "public_file": str(public), "secret_file": str(secret)})
+    if args.json:
+        return _dump(written)
+    return "\n".join(f"{w['name']}: public {w['public_file']}, secret {w['secret_file']} "
+                     f"(keep it secret), key {w['public_key']}" for w in written)
+
+
 def _plugin_distributions(registry: Any) -> list[tuple[str, Any]]:
     return [(registry.pm.get_name(plugin), dist)
             for plugin, dist in registry.pm.list_plugin_distinfo()]
@@ -232,8 +246,12 @@ def cmd_node(args: argparse.Namespace) -> str:
     _setup_logging(args.log_level)
     cfg = config_mod.load(args.config)
     data_dir = args.data_dir or os.path.join(DEFAULT_DATA_DIR, args.name)
+    keyring = None
+    if cfg.security is not None:
+        from .security import load_keyring
+        keyring = load_keyring(cfg.security)
     node = Node(args.name, args.listen, config=cfg, data_dir=data_dir, seeds=tuple(args.seed),
-                keep_stale_data=args.keep_data)
+                keep_stale_data=args.keep_data, keyring=keyring)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -307,6 +325,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _key_arguments(p: argparse.ArgumentParser) -> None:
+    """How a client command authenticates to a cluster that runs with security."""
+    p.add_argument("--key", dest="key_file", default=os.environ.get("DYNAMO_KEY"),
+                   metavar="FILE",
+                   help="this client's secret key file, for a cluster with security "
+                        "(default $DYNAMO_KEY)")
+    p.add_argument("--server-key", dest="server_key_file",
+                   default=os.environ.get("DYNAMO_SERVER_KEY"), metavar="FILE",
+                   help="the cluster's public key file (default $DYNAMO_SERVER_KEY, or "
+                        "cluster.key beside --key)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dynamo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -320,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"node to ask (default {DEFAULT_NODE}, or $DYNAMO_NODE)")
             p.add_argument("--timeout", type=_positive(float), default=5.0,
                            help="seconds to wait for the answer (default 5)")
+            _key_arguments(p)
         if json_out:
             p.add_argument("--json", action="store_true", help="print one JSON document")
         return p
@@ -382,6 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     command("leave", cmd_leave, "the node at --node hands its ranges off, then exits")
     p = command("remove", cmd_remove, "remove a dead node; its data is rebuilt elsewhere")
     p.add_argument("name", metavar="NAME")
+    p = command("keys", cmd_keys, "generate CURVE key pairs for a cluster with security",
+                client=False)
+    p.add_argument("action", choices=["generate"], help="generate: write NAME.key (public) "
+                   "and NAME.key_secret (secret, mode 0600)")
+    p.add_argument("names", metavar="NAME", nargs="+",
+                   help="key names, e.g. cluster, n1, app, ops")
+    p.add_argument("--dir", default="keys", help="where to write them (default ./keys)")
+
     p = command("plugins", cmd_plugins, "installed plugins of each kind", client=False)
     p.add_argument("--config", help="TOML configuration (its [plugins] modules are loaded)")
 

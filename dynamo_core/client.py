@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -29,11 +30,14 @@ from . import errors
 from .api import Resolver, Sibling
 from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
 from .routing import REFRESH_SECONDS, RingView
+from .security import client_keys, secure_client
 from .versions import context_from_text
 from .wire import Codec, Message, check_value
 from .zmq_transport import SocketReader, configure
 
 DEFAULT_BUCKET = "default"
+#: A key file: its path (see :func:`security.client_keys`).
+KeyFile = str | os.PathLike[str]
 DEFAULT_TIMEOUT = 5.0
 #: Seconds a node that timed out is passed over when another one can be asked.
 SKIP_SECONDS = 5.0
@@ -49,6 +53,22 @@ CONNECT_WAIT = 0.1
 #: more), so a client stops routing to a silent home before the cluster routes around it.
 HEARTBEAT_IVL = 100
 HEARTBEAT_TIMEOUT = 300
+
+
+def _open_socket(ctx: zmq.Context[zmq.Socket[bytes]], requests: _Requests, address: str,
+                 routed: bool) -> zmq.Socket[bytes]:
+    """A DEALER to a node: bounded, secured when the client has keys, connected."""
+    sock = ctx.socket(zmq.DEALER)
+    configure(sock, requests.codec.max_bytes)
+    sock.setsockopt(zmq.LINGER, 0)
+    # A blocking send waits for a connection (one whose handshake failed has none): bounded.
+    sock.setsockopt(zmq.SNDTIMEO, int(requests.timeout * 1000))
+    if requests.keys is not None:
+        secure_client(sock, requests.keys)
+    if routed:
+        _route_socket(sock)
+    sock.connect(address)
+    return sock
 
 
 def _route_socket(sock: zmq.Socket[bytes]) -> None:
@@ -89,7 +109,8 @@ def _installed_resolver(name: str) -> Resolver:
 class _Requests:
     """Request bodies and reply parsing shared by both clients."""
 
-    def __init__(self, nodes: Sequence[str] | str, timeout: float, route: bool) -> None:
+    def __init__(self, nodes: Sequence[str] | str, timeout: float, route: bool,
+                 key: KeyFile | None = None, server_key: KeyFile | None = None) -> None:
         if isinstance(nodes, str):
             nodes = [nodes]
         if not nodes:
@@ -101,6 +122,8 @@ class _Requests:
             raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout}")
         self.nodes = list(nodes)
         self.timeout = float(timeout)
+        #: CURVE keys (see security): None talks to nodes without security
+        self.keys = client_keys(key, server_key) if key is not None else None
         self.codec = Codec()
         self._ids = itertools.count(1)
         self._turn = itertools.cycle(range(len(self.nodes)))
@@ -185,12 +208,19 @@ class _Requests:
                 return candidate
         return self.nodes[next(self._turn)]
 
-    def timed_out(self, address: str) -> None:
+    def timed_out(self, address: str, msg_type: str) -> Timeout:
         """No answer from ``address``: pass it over for a while, and route by a fresh view
-        of the ring (the nodes' opinions of who is up) from the next request on."""
+        of the ring (the nodes' opinions of who is up) from the next request on. Returns
+        the error to raise."""
         self._skip_until[address] = time.monotonic() + SKIP_SECONDS
         if self.view is not None:
             self.view.stale = True
+        # A refused CURVE handshake looks exactly like silence from this side.
+        hint = "" if self.keys is None else (
+            " (if the node runs with security, check that its configuration allows this "
+            "client's key and that the cluster key is right: the node logs refused keys)")
+        return Timeout(f"{msg_type} to {address} got no answer within {self.timeout:g}s"
+                       f"{hint}")
 
     @staticmethod
     def key_body(bucket: str, key: Any) -> dict[str, Any]:
@@ -281,8 +311,9 @@ class Client:
     """A blocking client. Not thread-safe: use one per thread (or :class:`AsyncClient`)."""
 
     def __init__(self, nodes: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT,
-                 bucket: str = DEFAULT_BUCKET, *, route: bool = True) -> None:
-        self._req = _Requests(nodes, timeout, route)
+                 bucket: str = DEFAULT_BUCKET, *, route: bool = True,
+                 key: KeyFile | None = None, server_key: KeyFile | None = None) -> None:
+        self._req = _Requests(nodes, timeout, route, key, server_key)
         self.default_bucket = bucket
         self._ctx = zmq.Context()
         self._socks: dict[str, zmq.Socket[bytes]] = {}
@@ -368,13 +399,7 @@ class Client:
         socks = self._routed if routed else self._socks
         sock = socks.get(address)
         if sock is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, self._req.codec.max_bytes)
-            if routed:
-                _route_socket(sock)
-            sock.connect(address)
-            socks[address] = sock
+            sock = socks[address] = _open_socket(self._ctx, self._req, address, routed)
         return sock
 
     def _refresh_ring(self) -> None:
@@ -402,18 +427,21 @@ class Client:
         frame = self._req.codec.encode(msg_type, body, req_id)
         sock = self._socket(address, routed)
         try:
-            sock.send(frame, zmq.NOBLOCK if routed else 0)
-        except zmq.Again:  # no live connection to that home: ask a given node instead
-            address = self._req.pick(None)
-            sock = self._socket(address)
-            sock.send(frame)
+            try:
+                sock.send(frame, zmq.NOBLOCK if routed else 0)
+            except zmq.Again:  # no live connection to that home: ask a given node instead
+                if not routed:
+                    raise
+                address = self._req.pick(None)
+                sock = self._socket(address)
+                sock.send(frame)
+        except zmq.Again:  # not even queued within the timeout (SNDTIMEO): no connection
+            raise self._req.timed_out(address, msg_type) from None
         deadline = time.monotonic() + self._req.timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
-                self._req.timed_out(address)
-                raise Timeout(f"{msg_type} to {address} got no answer within "
-                              f"{self._req.timeout:g}s")
+                raise self._req.timed_out(address, msg_type)
             msg = self._req.codec.decode(sock.recv())
             if msg.id == req_id:  # anything else is a late answer to an earlier request
                 reply = self._req.parse(msg, expected)
@@ -459,8 +487,9 @@ class AsyncClient:
     """The asyncio twin of :class:`Client`; many requests may be in flight at once."""
 
     def __init__(self, nodes: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT,
-                 bucket: str = DEFAULT_BUCKET, *, route: bool = True) -> None:
-        self._req = _Requests(nodes, timeout, route)
+                 bucket: str = DEFAULT_BUCKET, *, route: bool = True,
+                 key: KeyFile | None = None, server_key: KeyFile | None = None) -> None:
+        self._req = _Requests(nodes, timeout, route, key, server_key)
         self.default_bucket = bucket
         self._ctx = zmq.Context()
         self._readers: dict[str, SocketReader] = {}
@@ -512,12 +541,7 @@ class AsyncClient:
         readers = self._routed if routed else self._readers
         reader = readers.get(address)
         if reader is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            configure(sock, self._req.codec.max_bytes)
-            sock.setsockopt(zmq.LINGER, 0)
-            if routed:
-                _route_socket(sock)
-            sock.connect(address)
+            sock = _open_socket(self._ctx, self._req, address, routed)
             reader = SocketReader(sock, self._on_frames, f"client to {address}")
             readers[address] = reader
         return reader
@@ -570,9 +594,7 @@ class AsyncClient:
             async with asyncio.timeout(self._req.timeout):  # wait_for can swallow a cancel
                 msg = await waiter
         except TimeoutError:
-            self._req.timed_out(address)
-            raise Timeout(f"{msg_type} to {address} got no answer within "
-                          f"{self._req.timeout:g}s") from None
+            raise self._req.timed_out(address, msg_type) from None
         finally:
             self._waiting.pop(req_id, None)
         reply = self._req.parse(msg, expected)

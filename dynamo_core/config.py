@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .access import CLIENT_ROLES
 from .errors import ConfigError
 from .wire import DEFAULT_MAX_MESSAGE_BYTES, MAX_BUCKET_CHARS, is_bucket_name
 
@@ -29,6 +30,22 @@ class BucketConfig:
     resolver: str | None = None
     #: only home nodes count toward R and W (no stand-ins), like Riak's pr/pw
     strict: bool = False
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """The ``[security]`` section: key files, paths resolved against the config file's
+    directory. The keys themselves are read when a node starts (see ``security``)."""
+
+    #: the secret key file every node listens with (clients connect with its public half)
+    cluster_key: str
+    #: this node's own secret key file, with which it connects to its peers; None: the
+    #: cluster key, whose public half then counts as a peer's
+    node_key: str | None = None
+    #: public key files, or directories of them, of the nodes allowed as peers
+    peers: tuple[str, ...] = ()
+    #: role -> public key files, or directories of them, of the clients with that role
+    clients: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,8 @@ class Config:
     plugin_modules: tuple[str, ...] = ()
     #: [extensions.<name>] tables: each protocol extension's own options
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: [security]: CURVE keys and roles; None: plain sockets, anyone may do anything
+    security: SecuritySettings | None = None
 
     def bucket(self, name: str) -> BucketConfig:
         """A bucket's settings; buckets not in the file use the cluster's quorum."""
@@ -84,7 +103,7 @@ class Config:
 
 _SECTIONS = {"cluster", "node", "storage", "failure_detector", "partitioning", "buckets",
              "plugins", "limits", "handoff", "anti_entropy", "background", "tombstones",
-             "extensions"}
+             "extensions", "security"}
 _CLUSTER_KEYS = {"n", "r", "w", "request_timeout", "gossip_interval", "heartbeat_interval"}
 #: section -> TOML key -> Config field, for the plain numeric settings
 _NUMERIC = {
@@ -130,10 +149,13 @@ def load(path: str | Path | None) -> Config:
                           f"(byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return from_mapping(data, source=str(path))
+    return from_mapping(data, source=str(path), base_dir=Path(path).parent)
 
 
-def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
+def from_mapping(data: Mapping[str, Any], source: str = "config",
+                 base_dir: str | Path | None = None) -> Config:
+    """The settings of ``data``; relative paths in it are taken from ``base_dir`` (the
+    config file's directory), or the working directory."""
     _no_unknown(data, _SECTIONS, source)
     cluster = _table(data, "cluster", source)
     _no_unknown(cluster, _CLUSTER_KEYS, f"{source} [cluster]")
@@ -163,6 +185,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "config") -> Config:
         partitioning={**defaults.partitioning, **_table(data, "partitioning", source)},
         plugin_modules=_plugin_modules(data, source),
         extensions=_extensions(data, source),
+        security=_security(data, source, Path(base_dir or ".")),
     )
     config = replace(config, **_numeric_sections(data, defaults, source))
     if config.tombstone_grace <= config.handoff_max_age:
@@ -234,6 +257,38 @@ def _extensions(data: Mapping[str, Any], source: str) -> dict[str, dict[str, Any
             raise ConfigError(f"{source} [extensions.{name}] must be a table of the "
                               f"extension's options")
     return tables
+
+
+def _security(data: Mapping[str, Any], source: str, base: Path) -> SecuritySettings | None:
+    table = _table(data, "security", source)
+    if not table:
+        return None
+    where = f"{source} [security]"
+    _no_unknown(table, {"cluster_key", "node_key", "peers", "clients"}, where)
+    if "cluster_key" not in table:
+        raise ConfigError(f"{where}: cluster_key (the secret key file every node listens "
+                          f"with) is required; `dynamo keys generate cluster` writes one")
+    clients = _table(table, "clients", where)
+    _no_unknown(clients, set(CLIENT_ROLES), f"{source} [security.clients] (roles)")
+    return SecuritySettings(
+        cluster_key=_paths(table, "cluster_key", where, base, single=True)[0],
+        node_key=_paths(table, "node_key", where, base, single=True)[0]
+        if "node_key" in table else None,
+        peers=_paths(table, "peers", where, base),
+        clients={role: _paths(clients, role, f"{source} [security.clients]", base)
+                 for role in CLIENT_ROLES if role in clients})
+
+
+def _paths(table: Mapping[str, Any], key: str, where: str, base: Path,
+           single: bool = False) -> tuple[str, ...]:
+    """A path, or (unless ``single``) a list of them, resolved against ``base``."""
+    value = table.get(key, [])
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items) \
+            or (single and len(items) != 1):
+        what = "a file path (text)" if single else "a path or a list of paths (text)"
+        raise ConfigError(f"{where}: {key} must be {what}, got {value!r}")
+    return tuple(str(base / Path(v).expanduser()) for v in items)
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:

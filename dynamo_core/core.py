@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 import cbor2
 
 from . import errors, tasks
+from .access import OPEN, Principal, refusal
 from .admission import BackgroundBudget
 from .antientropy import AntiEntropy
 from .api import PartitionStrategy, PeerView, StorageEngine
@@ -153,14 +154,16 @@ class Client:
     stale_ring: bool = False
     #: the request came from a node (its envelope names the sender)
     peer: bool = False
+    #: who the transport authenticated the sender as (OPEN without security)
+    principal: Principal = OPEN
 
 
-def _client_of(identity: bytes, msg: Message, now: float) -> Client:
+def _client_of(identity: bytes, msg: Message, now: float, principal: Principal) -> Client:
     if msg.type not in OBSERVED_OPS:
-        return Client(identity, msg.id, now, peer=msg.sender is not None)
+        return Client(identity, msg.id, now, peer=msg.sender is not None, principal=principal)
     b = msg.body
     return Client(identity, msg.id, now, msg.type, b["bucket"], b["key"],
-                  bool(b.get("forwarded")))
+                  bool(b.get("forwarded")), principal=principal)
 
 
 @dataclass
@@ -273,6 +276,8 @@ class NodeCore:
         }
         self.malformed_frames = 0
         self.expired_requests = 0
+        #: requests refused because the sender's role does not allow them (see access)
+        self.forbidden_requests = 0
         #: what failed -> how many times (a loop restarted with backoff; a timer step)
         self.loop_failures: dict[str, int] = {}
         self.has_left = False
@@ -490,10 +495,12 @@ class NodeCore:
         else:
             self.log.error("%s failed again (%d times): %s; %s", what, failures, exc, then)
 
-    def receive(self, identity: bytes, frames: list[bytes], now: float) -> list[CoreEffect]:
-        """A request (from a client or a peer), to be answered through ``identity``."""
+    def receive(self, identity: bytes, frames: list[bytes], now: float,
+                principal: Principal = OPEN) -> list[CoreEffect]:
+        """A request (from a client or a peer), to be answered through ``identity``;
+        ``principal`` is who the transport authenticated the sender as."""
         self._enter(now)
-        self._on_request(identity, frames)
+        self._on_request(identity, frames, principal)
         return self._drain()
 
     def receive_reply(self, address: str, frames: list[bytes], now: float
@@ -810,7 +817,7 @@ class NodeCore:
 
     # ================================================================== incoming
 
-    def _on_request(self, identity: bytes, frames: list[bytes]) -> None:
+    def _on_request(self, identity: bytes, frames: list[bytes], principal: Principal) -> None:
         if len(frames) != 1:
             self._reject(identity, self.codec.request_id_of(frames[0]) if frames else None,
                          WireError(f"a message carries at most {MAX_PARTS} frames (one "
@@ -826,12 +833,16 @@ class NodeCore:
                 return
             self._reject(identity, req_id, exc)
             return
-        client = _client_of(identity, msg, self._now)
+        client = _client_of(identity, msg, self._now, principal)
+        refused = refusal(principal, msg.type, msg.body, self.extensions.roles)
+        if refused is not None:
+            self._forbid(client, refused)
+            return
         routed_by = msg.body.get("ring") if client.op is not None else None
         if routed_by is not None and routed_by != self._ring_view()[1]:
             self.stale_ring_views += 1
             client = dataclasses.replace(client, stale_ring=True)
-        if msg.sender:
+        if msg.sender and principal.may_be_node:
             self.liveness.heard_from(msg.sender, self._now)
         if msg.expires is not None and (late := self.wall() - msg.expires) > 0:
             self.expired_requests += 1
@@ -851,6 +862,11 @@ class NodeCore:
             self.log.exception("%s request failed", msg.type)
             self.answer_error(client, DynamoError(
                 f"internal error handling {msg.type}: {exc}"))
+
+    def _forbid(self, client: Client, why: str) -> None:
+        self.forbidden_requests += 1
+        self.log.warning("refused a request from a %s client: %s", client.principal.role, why)
+        self.answer_error(client, errors.Forbidden(why))
 
     def _reject(self, identity: bytes, req_id: int | None, exc: WireError) -> None:
         self.malformed_frames += 1

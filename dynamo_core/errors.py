@@ -37,6 +37,12 @@ class WireError(InvalidRequest):
     code = "wire_error"
 
 
+class Forbidden(DynamoError):
+    """The sender's key does not have the role the request needs (see ``access``)."""
+
+    code = "forbidden"
+
+
 class Timeout(DynamoError):
     """No answer arrived in time."""
 
@@ -89,7 +95,7 @@ class QuorumNotMet(DynamoError):
 
 
 _BY_CODE = {cls.code: cls for cls in (DynamoError, InvalidRequest, ConfigError, WireError,
-                                        Timeout, Unavailable, Overloaded, ResolverFailed,
+                                        Forbidden, Timeout, Unavailable, Overloaded, ResolverFailed,
                                         StorageFailed)}
 
 

@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from . import tasks
+from .access import ROLES
 from .api import (
     MessageType,
     NodeAPI,
@@ -175,6 +176,8 @@ class Extensions:
             for name in registry.names("protocol extension")}
         self._handlers = {message.name: message for extension in self.installed.values()
                           for message in extension.messages}
+        #: the role each extension message needs (see access)
+        self.roles = {name: message.access for name, message in self._handlers.items()}
         # Observation runs once per request: skip building events when nobody listens.
         self._observers = call_order(self.pm, "dynamo_request_completed")
 
@@ -208,6 +211,10 @@ class Extensions:
             raise ConfigError(f"protocol extension {extension!r}: message type "
                               f"{message.name!r} must be named '{extension}.<verb>' "
                               f"(not ending in _ok, which names its reply)")
+        if message.access not in ROLES:
+            raise ConfigError(f"protocol extension {extension!r}: message type "
+                              f"{message.name!r} has access {message.access!r}; it must be "
+                              f"one of {', '.join(ROLES)}")
         codec = self.host.codec
         try:
             codec.register(message.name, dict(message.fields))

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import tasks
+from .access import Principal
 from .config import Config
 from .core import Await, CoreEffect, NodeCore
+from .security import Keyring
 from .transport import Transport, carry_out
 from .zmq_transport import ZmqTransport
 
@@ -48,7 +50,8 @@ class Node:
 
     def __init__(self, name: str, listen: str, *, config: Config, data_dir: str | None = None,
                  seeds: tuple[str, ...] = (), rng: random.Random | None = None,
-                 keep_stale_data: bool = False, transport: Transport | None = None) -> None:
+                 keep_stale_data: bool = False, transport: Transport | None = None,
+                 keyring: Keyring | None = None) -> None:
         self.name = name
         self.listen = listen
         self.config = config
@@ -61,7 +64,8 @@ class Node:
                              seeds=seeds, keep_stale_data=keep_stale_data, edge=self,
                              stopwatch=time.monotonic)
         try:
-            self.transport = transport or ZmqTransport(name, listen, config.max_message_bytes)
+            self.transport = transport or ZmqTransport(name, listen, config.max_message_bytes,
+                                                       keyring)
         except BaseException:
             self.core.close(clean=False)
             raise
@@ -101,9 +105,9 @@ class Node:
     # Frames that arrive together are one turn of the core: their writes share a commit,
     # and their acknowledgements leave once it is made (NodeCore.begin_turn).
 
-    def _on_request(self, identity: bytes, frames: list[bytes]) -> None:
+    def _on_request(self, identity: bytes, frames: list[bytes], principal: Principal) -> None:
         self.core.begin_turn()
-        self._carry_out(self.core.receive(identity, frames, self._now()))
+        self._carry_out(self.core.receive(identity, frames, self._now(), principal))
 
     def _on_reply(self, address: str, frames: list[bytes]) -> None:
         self.core.begin_turn()

@@ -14,10 +14,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from .access import Principal
 from .core import Answer, Await, Connect, CoreEffect, Left, NodeCore, Transmit
 
-#: A request arrived: ``(identity to answer through, frames)``.
-RequestHandler = Callable[[bytes, list[bytes]], None]
+#: A request arrived: ``(identity to answer through, frames, who sent it)``.
+RequestHandler = Callable[[bytes, list[bytes], Principal], None]
 #: A reply arrived from the peer at ``address``: ``(address, frames)``.
 ReplyHandler = Callable[[str, list[bytes]], None]
 #: The frames that arrived together (one socket drained) have all been handed over.

@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import zmq
 
+from .access import OPEN, Principal
+from .security import ZAP_ENDPOINT, Keyring, ZapHandler, secure_client, secure_server
 from .transport import BurstHandler, ReplyHandler, RequestHandler, SendFailed
 from .wire import MAX_PARTS
 
@@ -92,7 +94,7 @@ class SocketReader:
             try:
                 if not int(self.sock.getsockopt(_EVENTS)) & _POLLIN:
                     return
-                frames = self.sock.recv_multipart(_NOBLOCK)
+                frames = self._receive()
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -104,19 +106,54 @@ class SocketReader:
                 log.exception("%s: handler failed on an incoming message", self._what)
         self.poke()  # more may be waiting: continue after other callbacks had a turn
 
+    def _receive(self) -> list[bytes]:
+        return self.sock.recv_multipart(_NOBLOCK)
+
     def close(self) -> None:
         if not self.sock.closed:
             self._loop.remove_reader(self._fd)
             self.sock.close(LINGER_MS)
 
 
+class AuthenticatedReader(SocketReader):
+    """A :class:`SocketReader` for a CURVE server socket: each message is handed over with
+    the :class:`Principal` its connection was let in as (ZAP gave the connection its
+    public key as User-Id, which ZeroMQ attaches to every message from it)."""
+
+    def __init__(self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes], Principal], None],
+                 what: str, keyring: Keyring, burst_end: BurstHandler | None = None) -> None:
+        self._keyring = keyring
+        self._principal = OPEN
+        self._handle_authenticated = handle
+        super().__init__(sock, self._with_principal, what, burst_end)
+
+    def _receive(self) -> list[bytes]:
+        parts = self.sock.recv_multipart(_NOBLOCK, copy=False)
+        try:
+            user = parts[0].get("User-Id")
+        except zmq.ZMQError:  # no User-Id: ZAP did not let the connection in
+            user = None
+        principal = self._keyring.principal_of(user if isinstance(user, str) else None)
+        if principal is None:  # ZAP lets in known keys only: never happens
+            raise zmq.ZMQError(msg="a message from a connection without a known key")
+        self._principal = principal
+        return [part.bytes for part in parts]
+
+    def _with_principal(self, frames: list[bytes]) -> None:
+        self._handle_authenticated(frames, self._principal)
+
+
 class ZmqTransport:
     """The production :class:`Transport`: ZeroMQ DEALER/ROUTER, read from an asyncio loop."""
 
-    def __init__(self, name: str, listen: str, max_bytes: int) -> None:
+    def __init__(self, name: str, listen: str, max_bytes: int,
+                 keyring: Keyring | None = None) -> None:
         self.name = name
         self.listen = listen
         self.max_bytes = max_bytes
+        #: CURVE keys and who may connect; None: plain sockets, everyone is OPEN
+        self.keyring = keyring
+        self._zap: SocketReader | None = None
         self._on_reply: ReplyHandler = lambda address, frames: None
         self._burst_end: BurstHandler | None = None
         self._ctx = zmq.Context()
@@ -133,20 +170,41 @@ class ZmqTransport:
         router = self._ctx.socket(zmq.ROUTER)
         configure(router, self.max_bytes)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if self.keyring is not None:
+            self._serve_zap(self.keyring)  # bound before any handshake can ask for it
+            secure_server(router, self.keyring)
         try:
             router.bind(self.listen)
         except zmq.ZMQError as exc:
             router.close(0)
             raise OSError(f"cannot listen on {self.listen}: {exc}") from None
-        def requests(frames: list[bytes]) -> None:
+
+        def requests(frames: list[bytes], principal: Principal = OPEN) -> None:
             identity, parts = frames[0], frames[1:]
             if len(parts) > MAX_PARTS:
-                on_request(identity, parts)  # refused whole, as any malformed message
+                on_request(identity, parts, principal)  # refused whole, as any malformed one
                 return
             for part in parts:
-                on_request(identity, [part])
+                on_request(identity, [part], principal)
 
-        self._router = SocketReader(router, requests, f"{self.name} router", on_burst_end)
+        what = f"{self.name} router"
+        self._router = SocketReader(router, requests, what, on_burst_end) \
+            if self.keyring is None else \
+            AuthenticatedReader(router, requests, what, self.keyring, on_burst_end)
+
+    def _serve_zap(self, keyring: Keyring) -> None:
+        """Answer the context's authentication requests (ZAP) from the event loop."""
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(ZAP_ENDPOINT)
+        handler = ZapHandler(keyring, self.name, asyncio.get_running_loop().time)
+
+        def answer(frames: list[bytes]) -> None:
+            reply = handler.handle(frames)
+            if reply:
+                sock.send_multipart(reply, flags=_NOBLOCK)
+
+        self._zap = SocketReader(sock, answer, f"{self.name} authenticator")
 
     def reply(self, identity: bytes, frame: bytes, to_peer: bool = False) -> None:
         """Answer a request that came in on the ROUTER (dropped if the asker is gone).
@@ -213,6 +271,8 @@ class ZmqTransport:
         sock.setsockopt(zmq.ROUTING_ID, self.name.encode("utf-8"))
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self.keyring is not None:
+            secure_client(sock, self.keyring.dialling)
         try:
             sock.connect(address)
         except zmq.ZMQError as exc:
@@ -232,11 +292,11 @@ class ZmqTransport:
 
     def close(self) -> None:
         """Close every socket and the context (also for a transport that never started)."""
-        for reader in [*self._dealers.values(), self._router]:
+        for reader in [*self._dealers.values(), self._router, self._zap]:
             if reader is not None:
                 reader.close()
         self._dealers.clear()
-        self._router = None
+        self._router = self._zap = None
         self._ctx.term()
 
 

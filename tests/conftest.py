@@ -161,8 +161,10 @@ class Cluster:
     """``k`` real node processes on loopback, named ``n1`` .. ``nk``."""
 
     def __init__(self, root: Path, k: int, config: Mapping[str, Any] | None = None,
-                 extra_toml: str = "") -> None:
+                 extra_toml: str = "", key: Path | None = None) -> None:
         self.root = root
+        #: the secret key file the test's clients use (a cluster run with security)
+        self.key = key
         self.config_path = root / "config.toml"
         self.config_path.write_text(
             to_toml(merge_tables(BASE_CONFIG, config or {})) + extra_toml)
@@ -203,7 +205,8 @@ class Cluster:
     def client(self, *names: str, timeout: float = 5.0, bucket: str = "default") -> Client:
         """A blocking client on the named nodes (default: every running node)."""
         names = names or tuple(self.running())
-        return Client([self.address(n) for n in names], timeout=timeout, bucket=bucket)
+        return Client([self.address(n) for n in names], timeout=timeout, bucket=bucket,
+                      key=self.key)
 
     def logs(self) -> str:
         parts = []
@@ -282,7 +285,7 @@ class Cluster:
                     proc = self.nodes[name].proc
                     pytest.fail(f"node {name} exited with status "
                                 f"{proc.returncode if proc else '?'}:\n{self.logs()}")
-                with Client(self.address(name), timeout=0.5) as c:
+                with Client(self.address(name), timeout=0.5, key=self.key) as c:
                     status = c.status(node=self.address(name))
                 digests[name] = status["ring_digest"]
                 members = {m["name"]: m for m in status["members"]}
@@ -306,8 +309,8 @@ class _Factory:
         self.clusters: list[Cluster] = []
 
     def __call__(self, k: int = 3, config: Mapping[str, Any] | None = None,
-                 extra_toml: str = "") -> Cluster:
-        cl = Cluster(self._make_root(), k, config, extra_toml)
+                 extra_toml: str = "", key: Path | None = None) -> Cluster:
+        cl = Cluster(self._make_root(), k, config, extra_toml, key)
         self.clusters.append(cl)
         _ACTIVE.append(cl)
         cl.start()
@@ -324,7 +327,8 @@ class _Factory:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[_Factory]:
-    """Factory: ``cluster(k, config={...}, extra_toml="...")`` -> a running :class:`Cluster`."""
+    """Factory: ``cluster(k, config={...}, extra_toml="...", key=...)`` -> a running
+    :class:`Cluster` (``key``: the secret key file its clients use, for security)."""
     counter = iter(range(1, 1000))
     factory = _Factory(lambda: _mkdir(tmp_path / f"cluster{next(counter)}"))
     try:

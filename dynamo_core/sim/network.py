@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..access import OPEN
 from ..transport import BurstHandler, ReplyHandler, RequestHandler, SendFailed
 from .world import World
 
@@ -104,7 +105,7 @@ class Network:
         if endpoint is None or not endpoint.up:
             raise SendFailed(f"no connection to {address} (connection refused)")
         self._carry(src, endpoint, frame, lambda ep: ep.on_request(  # type: ignore[misc]
-            src.encode(), [frame]))
+            src.encode(), [frame], OPEN))
 
     def reply(self, src: str, identity: bytes, frame: bytes) -> None:
         """Node ``src`` answers the request that came in from ``identity``."""

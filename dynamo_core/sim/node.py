@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from random import Random
 from typing import Any
 
+from ..access import OPEN, Principal
 from ..config import Config
 from ..core import Await, CoreEffect, NodeCore
 from ..transport import carry_out
@@ -157,7 +158,9 @@ class SimNode:
             self._timer_due = False
             self._fire(self._timer_token)
 
-    def _on_request(self, identity: bytes, frames: list[bytes]) -> None:
+    def _on_request(self, identity: bytes, frames: list[bytes],
+                    _principal: Principal = OPEN) -> None:
+        """A request; the simulated network has no security: every sender is OPEN."""
         if self.paused:
             self._backlog.append((True, identity, frames))
         elif self.core is not None:
