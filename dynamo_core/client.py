@@ -31,7 +31,7 @@ from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
 from .routing import REFRESH_SECONDS, RingView
 from .versions import context_from_text
 from .wire import Codec, Message, check_value
-from .zmq_transport import SocketReader, configure
+from .zmq_transport import SocketReader, allow_ipv6, configure
 
 DEFAULT_BUCKET = "default"
 DEFAULT_TIMEOUT = 5.0
@@ -373,6 +373,7 @@ class Client:
             sock.setsockopt(zmq.MAXMSGSIZE, self._req.codec.max_bytes)
             if routed:
                 _route_socket(sock)
+            allow_ipv6(sock, address)
             sock.connect(address)
             socks[address] = sock
         return sock
@@ -517,6 +518,7 @@ class AsyncClient:
             sock.setsockopt(zmq.LINGER, 0)
             if routed:
                 _route_socket(sock)
+            allow_ipv6(sock, address)
             sock.connect(address)
             reader = SocketReader(sock, self._on_frames, f"client to {address}")
             readers[address] = reader
