@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import config as config_mod
+from .address import AddressError, parse
 from .client import DEFAULT_BUCKET, Client
 from .errors import ConfigError, DynamoError
 from .versions import context_text
@@ -250,8 +251,12 @@ def cmd_node(args: argparse.Namespace) -> str:
     if cfg.security is not None:
         from .security import load_keyring
         keyring = load_keyring(cfg.security)
-    node = Node(args.name, args.listen, config=cfg, data_dir=data_dir, seeds=tuple(args.seed),
-                keep_stale_data=args.keep_data, keyring=keyring)
+    try:
+        node = Node(args.name, args.listen, config=cfg, data_dir=data_dir,
+                    seeds=tuple(args.seed), keep_stale_data=args.keep_data,
+                    advertise=args.advertise, keyring=keyring)
+    except AddressError as exc:
+        raise UsageError(str(exc)) from None
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -301,8 +306,10 @@ class SimulationFailed(Exception):
 
 
 def _address(text: str) -> str:
-    if not text.startswith("tcp://") or ":" not in text[6:]:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an address like tcp://127.0.0.1:7101")
+    try:
+        parse(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -361,7 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("node", cmd_node, "run one node in the foreground", client=False, json_out=False)
     p.add_argument("--name", required=True)
-    p.add_argument("--listen", required=True, type=_address)
+    p.add_argument("--listen", required=True, type=_address,
+                   help="address to bind, e.g. tcp://0.0.0.0:7609 for every interface "
+                        "(IPv6: tcp://[::]:7609)")
+    p.add_argument("--advertise", type=_address, metavar="tcp://HOST:PORT",
+                   help="address peers and clients are told to use (an IP address or a host "
+                        "name); required when --listen is on every interface; default: "
+                        "[node] advertise of the config, else the --listen address")
     p.add_argument("--seed", action="append", default=[], type=_address,
                    help="address of a node to learn the cluster from (repeatable)")
     p.add_argument("--data-dir", help=f"where this node keeps its data "

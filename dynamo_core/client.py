@@ -33,7 +33,7 @@ from .routing import REFRESH_SECONDS, RingView
 from .security import client_keys, secure_client
 from .versions import context_from_text
 from .wire import Codec, Message, check_value
-from .zmq_transport import SocketReader, configure
+from .zmq_transport import SocketReader, allow_ipv6, configure
 
 DEFAULT_BUCKET = "default"
 #: A key file: its path (see :func:`security.client_keys`).
@@ -67,6 +67,7 @@ def _open_socket(ctx: zmq.Context[zmq.Socket[bytes]], requests: _Requests, addre
         secure_client(sock, requests.keys)
     if routed:
         _route_socket(sock)
+    allow_ipv6(sock, address)
     sock.connect(address)
     return sock
 

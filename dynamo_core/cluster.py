@@ -41,10 +41,14 @@ def node_command(i: int, base_port: int, count: int, data_dir: str, config: str 
 
 def _node_command(i: int, addresses: list[str], data_dir: str, config: str | None,
                   log_level: str) -> list[str]:
-    """The command running node ``n<i>`` (1-based) of ``addresses``, seeded with the others."""
+    """The command running node ``n<i>`` (1-based) of ``addresses``, seeded with the others.
+
+    It advertises its own address whatever the shared config says: a ``[node] advertise``
+    there names one machine's node, not each of these.
+    """
     cmd = [sys.executable, "-m", "dynamo_core.cli", "node", "--name", f"n{i}",
-           "--listen", addresses[i - 1], "--data-dir", os.path.join(data_dir, f"n{i}"),
-           "--log-level", log_level]
+           "--listen", addresses[i - 1], "--advertise", addresses[i - 1],
+           "--data-dir", os.path.join(data_dir, f"n{i}"), "--log-level", log_level]
     for j, address in enumerate(addresses, 1):
         if j != i:
             cmd += ["--seed", address]

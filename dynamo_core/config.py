@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .access import CLIENT_ROLES
+from .address import AddressError, parse
 from .errors import ConfigError
 from .wire import DEFAULT_MAX_MESSAGE_BYTES, MAX_BUCKET_CHARS, is_bucket_name
 
@@ -82,6 +83,9 @@ class Config:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_pending_requests: int = 10_000
     capacity: int = 1
+    #: [node] advertise: the address peers and clients are told, when it is not the one
+    #: the node listens on (``--advertise`` overrides it)
+    advertise: str | None = None
     storage: Mapping[str, Any] = field(default_factory=lambda: {"engine": "diskcache"})
     failure_detector: Mapping[str, Any] = field(
         default_factory=lambda: {"plugin": "phi-accrual", "threshold": 8.0})
@@ -162,7 +166,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "config",
     limits = _table(data, "limits", source)
     _no_unknown(limits, _LIMIT_KEYS, f"{source} [limits]")
     node = _table(data, "node", source)
-    _no_unknown(node, {"capacity"}, f"{source} [node]")
+    _no_unknown(node, {"capacity", "advertise"}, f"{source} [node]")
     defaults = Config()
     n, r, w = (_int(cluster, k, getattr(defaults, k), 1, MAX_REPLICAS, "cluster") for k in "nrw")
     _check_quorum(n, r, w, "[cluster]")
@@ -180,6 +184,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "config",
         max_pending_requests=_int(limits, "max_pending_requests",
                                   defaults.max_pending_requests, 1, 10_000_000, "limits"),
         capacity=_int(node, "capacity", 1, 1, 1024, "node"),
+        advertise=_advertise(node, source),
         storage={**defaults.storage, **_table(data, "storage", source)},
         failure_detector={**defaults.failure_detector, **_table(data, "failure_detector", source)},
         partitioning={**defaults.partitioning, **_table(data, "partitioning", source)},
@@ -289,6 +294,21 @@ def _paths(table: Mapping[str, Any], key: str, where: str, base: Path,
         what = "a file path (text)" if single else "a path or a list of paths (text)"
         raise ConfigError(f"{where}: {key} must be {what}, got {value!r}")
     return tuple(str(base / Path(v).expanduser()) for v in items)
+
+
+def _advertise(node: Mapping[str, Any], source: str) -> str | None:
+    """[node] advertise, checked as an address here; whether it may be advertised (not an
+    unspecified one, a name that resolves) is the node's check at start."""
+    value = node.get("advertise")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{source} [node] advertise must be an address (text), got {value!r}")
+    try:
+        parse(value)
+    except AddressError as exc:
+        raise ConfigError(f"{source} [node] advertise: {exc}") from None
+    return value
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:

@@ -439,7 +439,7 @@ class NodeCore:
             "alive": self._alive_loop, **self.extensions.loops()}
         for name, loop in loops.items():
             self.spawn(name, self._supervise(name, loop))
-        self.log.info("listening on %s (actor %s, %s, engine %s)", self.address, self.actor,
+        self.log.info("advertised as %s (actor %s, %s, engine %s)", self.address, self.actor,
                       self.config.partitioning["strategy"], self.config.storage["engine"])
         self.extensions.notify("dynamo_node_started")
         return self._drain()

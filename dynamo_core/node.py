@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Coroutine
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 from . import tasks
 from .access import Principal
+from .address import AddressError, advertised, is_loopback, parse
 from .config import Config
 from .core import Await, CoreEffect, NodeCore
 from .security import Keyring
@@ -45,20 +47,45 @@ class FileRecord:
         os.replace(tmp, self.path)
 
 
+def check_resolves(address: str) -> None:
+    """Raise AddressError unless the host of ``address`` resolves here, as ZeroMQ will
+    resolve it (IPv4 for a name): a node advertising a name nobody can resolve would
+    otherwise only see its peers fail to connect, silently."""
+    endpoint = parse(address)
+    family = socket.AF_INET6 if endpoint.ipv6 else socket.AF_INET
+    try:
+        socket.getaddrinfo(endpoint.host, endpoint.port, family, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise AddressError(
+            f"advertised address {address} does not resolve: host name {endpoint.host!r}: "
+            f"{reason}; give an IP address, or a name this node and its peers and clients "
+            f"can resolve") from None
+
+
 class Node:
-    """One Dynamo node process: its :class:`NodeCore` behind one ROUTER socket."""
+    """One Dynamo node process: its :class:`NodeCore` behind one ROUTER socket.
+
+    It binds ``listen`` and is known to the cluster by its advertised address: ``advertise``
+    if given, else ``[node] advertise`` of the config, else ``listen`` (refused, with
+    AddressError, when that is no address a peer could connect to).
+    """
 
     def __init__(self, name: str, listen: str, *, config: Config, data_dir: str | None = None,
                  seeds: tuple[str, ...] = (), rng: random.Random | None = None,
                  keep_stale_data: bool = False, transport: Transport | None = None,
-                 keyring: Keyring | None = None) -> None:
+                 advertise: str | None = None, keyring: Keyring | None = None) -> None:
         self.name = name
         self.listen = listen
+        self.keyring = keyring
+        #: the address peers and clients are told
+        self.address = advertised(listen, advertise or config.advertise)
+        check_resolves(self.address)
         self.config = config
         if data_dir is not None:
             os.makedirs(data_dir, exist_ok=True)
         record = FileRecord(Path(data_dir, "node.cbor")) if data_dir is not None else None
-        self.core = NodeCore(name, listen, config=config,
+        self.core = NodeCore(name, self.address, config=config,
                              rng=rng or random.Random(int.from_bytes(os.urandom(16), "big")),
                              wall_clock=time.time, data_dir=data_dir, record=record,
                              seeds=seeds, keep_stale_data=keep_stale_data, edge=self,
@@ -82,6 +109,13 @@ class Node:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.transport.start(self._on_request, self._on_reply, self._on_burst_end)
+        log.info("%s listening on %s%s", self.name, self.listen,
+                 "" if self.keyring is None else " with CURVE security")
+        if self.keyring is None and not is_loopback(self.listen):
+            log.warning("%s: SECURITY IS OFF while listening on %s, beyond loopback: anyone "
+                        "who reaches this port may read and write every key and remove "
+                        "nodes, and traffic is in clear. Add a [security] section to the "
+                        "config (README, Security).", self.name, self.listen)
         self._carry_out(self.core.start(self._now()))
 
     async def stop(self) -> None:

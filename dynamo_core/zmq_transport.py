@@ -25,6 +25,7 @@ from collections.abc import Callable
 import zmq
 
 from .access import OPEN, Principal
+from .address import is_ipv6
 from .security import ZAP_ENDPOINT, Keyring, ZapHandler, secure_client, secure_server
 from .transport import BurstHandler, ReplyHandler, RequestHandler, SendFailed
 from .wire import MAX_PARTS
@@ -48,6 +49,16 @@ def configure(sock: zmq.Socket[bytes], max_bytes: int) -> None:
     sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
     sock.setsockopt(zmq.SNDHWM, SEND_HWM)
     sock.setsockopt(zmq.RCVHWM, RECV_HWM)
+
+
+def allow_ipv6(sock: zmq.Socket[bytes], address: str) -> None:
+    """Before a bind or connect: ZeroMQ sockets speak IPv4 only unless told otherwise.
+
+    Set only for an IPv6 address, not everywhere: with it, a host name may resolve to its
+    IPv6 address first (``localhost`` to ``::1``) while the node listens on IPv4.
+    """
+    if is_ipv6(address):
+        sock.setsockopt(zmq.IPV6, 1)
 
 
 class SocketReader:
@@ -170,6 +181,7 @@ class ZmqTransport:
         router = self._ctx.socket(zmq.ROUTER)
         configure(router, self.max_bytes)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        allow_ipv6(router, self.listen)
         if self.keyring is not None:
             self._serve_zap(self.keyring)  # bound before any handshake can ask for it
             secure_server(router, self.keyring)
@@ -271,6 +283,7 @@ class ZmqTransport:
         sock.setsockopt(zmq.ROUTING_ID, self.name.encode("utf-8"))
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        allow_ipv6(sock, address)
         if self.keyring is not None:
             secure_client(sock, self.keyring.dialling)
         try:

@@ -147,10 +147,17 @@ class NodeProcess:
     proc: subprocess.Popen | None = None
     #: wall-clock time of the latest spawn (what the node has heard since counts)
     started_at: float = 0.0
+    #: the address it tells peers and clients (``--advertise``), when not the one it listens on
+    advertise: str | None = None
+
+    @property
+    def listen(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
 
     @property
     def address(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
+        """Where peers and clients reach it."""
+        return self.advertise or self.listen
 
     @property
     def running(self) -> bool:
@@ -225,8 +232,10 @@ class Cluster:
     def command(self, name: str) -> list[str]:
         node = self.nodes[name]
         cmd = [sys.executable, "-m", "dynamo_core.cli", "node", "--name", name,
-               "--listen", node.address, "--data-dir", str(node.data_dir),
+               "--listen", node.listen, "--data-dir", str(node.data_dir),
                "--config", str(self.config_path), "--log-level", "warning"]
+        if node.advertise:
+            cmd += ["--advertise", node.advertise]
         for other in self.nodes.values():
             if other.name != name:
                 cmd += ["--seed", other.address]

@@ -286,6 +286,40 @@ def test_a_node_whose_port_is_taken_fails_with_one_line(cl, tmp_path):
     assert "cannot listen" in line and cl.addresses[0] in line
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--listen", "tcp://0.0.0.0:{port}"], ["tcp://0.0.0.0", "every interface", "--advertise"]),
+    (["--listen", "tcp://[::]:{port}"], ["tcp://[::]", "every interface", "--advertise"]),
+    (["--listen", "tcp://0.0.0.0:{port}", "--advertise", "tcp://0.0.0.0:{port}"],
+     ["advertised address", "unspecified"]),
+    (["--listen", "tcp://0.0.0.0:{port}", "--advertise", "tcp://*:{port}"],
+     ["advertised address", "unspecified"]),
+    (["--listen", "tcp://0.0.0.0:{port}", "--config", "{advertise_config}"],
+     ["advertised address", "unspecified"]),
+    (["--listen", "tcp://127.0.0.1:{port}", "--advertise", "tcp://no-such-host.invalid:{port}"],
+     ["no-such-host.invalid", "does not resolve"]),
+], ids=["wildcard-v4", "wildcard-v6", "unspecified", "star", "unspecified-in-config",
+        "unresolvable"])
+def test_a_node_that_would_advertise_no_usable_address_refuses_to_start(tmp_path, args, words):
+    config = tmp_path / "advertise.toml"
+    config.write_text('[node]\nadvertise = "tcp://0.0.0.0:7609"\n')
+    args = [a.format(port=free_port(), advertise_config=config) for a in args]
+    done = dynamo("node", "--name", "z", "--data-dir", str(tmp_path / "z"), *args)
+    line = one_line_failure(done)
+    assert done.returncode == 2, line  # the command line was wrong
+    for word in words:
+        assert word in line, line
+    assert not (tmp_path / "z").exists()  # refused before it touched its data directory
+
+
+def test_node_help_documents_listen_and_advertise():
+    done = dynamo("node", "--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())  # argparse wraps lines
+    assert "--advertise tcp://HOST:PORT" in text
+    assert "address peers and clients are told" in text
+    assert "required when --listen is on every interface" in text
+
+
 # ====================================================================== dynamo cluster
 
 

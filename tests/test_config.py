@@ -330,6 +330,21 @@ def test_a_bad_limit_or_capacity_is_refused(tmp_path, content, section, key):
     refuses(tmp_path, content, section, key, "must be an integer")
 
 
+def test_node_advertise_is_the_address_peers_and_clients_are_told(tmp_path):
+    assert load(None).advertise is None
+    config = load(write(tmp_path, '[node]\nadvertise = "tcp://db1.example:7609"\n'))
+    assert config.advertise == "tcp://db1.example:7609"
+
+
+@pytest.mark.parametrize("value, words", [
+    ("7609", ["must be an address"]),
+    ('"10.0.0.5:7609"', ["start with tcp://"]),
+    ('"tcp://10.0.0.5"', ["no :PORT"]),
+], ids=["number", "no-scheme", "no-port"])
+def test_a_bad_node_advertise_is_refused(tmp_path, value, words):
+    refuses(tmp_path, f"[node]\nadvertise = {value}\n", "[node]", "advertise", *words)
+
+
 @pytest.mark.parametrize("value", ['"my.plugins"', "[1, 2]", '["ok", 3]', '[""]', "true"],
                          ids=["text", "ints", "mixed", "empty-name", "bool"])
 def test_plugin_modules_must_be_a_list_of_import_paths(tmp_path, value):

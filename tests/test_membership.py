@@ -229,6 +229,19 @@ def test_a_node_restarted_with_an_empty_data_dir_takes_back_its_join_order() -> 
     assert wiped.ring == nodes[0].ring == before
 
 
+def test_a_node_back_at_another_address_with_an_empty_data_dir_is_known_there() -> None:
+    """Its fresh record (version 1) loses to what the cluster remembers, but the record it
+    announces above that keeps its new address: every node learns where it is now."""
+    nodes = formed(["n1", "n2", "n3", "n4"])
+    old = nodes[1].me
+    moved_n2 = Membership(Member("n2", "tcp://elsewhere:2", 1, (), "joining"), STRATEGY_3,
+                          OPTIONS, ("tcp://n1:1",))
+    gossip(moved_n2, nodes[0])
+    assert moved_n2.me.address == "tcp://elsewhere:2" and moved_n2.me.version > old.version
+    spread([moved_n2, *nodes[:1], *nodes[2:]], random.Random(9))
+    assert {record(n, "n2").address for n in [nodes[0], *nodes[2:]]} == {"tcp://elsewhere:2"}
+
+
 # ====================================================================== what a strategy is handed
 
 

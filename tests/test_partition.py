@@ -29,6 +29,7 @@ converge after the heal are printed.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -98,11 +99,16 @@ def poll(predicate: Callable[[], Any], timeout: float, what: str,
 
 
 class NetCluster:
-    """Four ``dynamo node`` processes, node ``n<i>`` alone in host namespace ``i``."""
+    """``dynamo node`` processes, node ``n<i>`` alone in host namespace ``i``.
 
-    def __init__(self, topo: Topology, root: Path) -> None:
+    With ``wildcard``, each node listens on every interface of its namespace
+    (``tcp://0.0.0.0:PORT``) and advertises its namespace's IP, as on a real machine.
+    """
+
+    def __init__(self, topo: Topology, root: Path, wildcard: bool = False) -> None:
         self.topo = topo
         self.root = root
+        self.wildcard = wildcard
         self.config_path = root / "config.toml"
         self.config_path.write_text(to_toml(CONFIG))
         self.names = [f"n{i}" for i in range(1, topo.hosts + 1)]
@@ -113,7 +119,14 @@ class NetCluster:
         return int(name[1:])
 
     def address(self, name: str) -> str:
+        """Where peers and clients reach node ``name``: its namespace's IP."""
         return self.topo.address(self.index(name))
+
+    def listen_args(self, name: str) -> list[str]:
+        if self.wildcard:
+            return ["--listen", f"tcp://0.0.0.0:{self.topo.port}",
+                    "--advertise", self.address(name)]
+        return ["--listen", self.address(name)]
 
     def start(self) -> None:
         for name in self.names:
@@ -121,7 +134,7 @@ class NetCluster:
             data = self.root / name / "data"
             data.mkdir(parents=True, exist_ok=True)
             cmd = [*self.topo.exec_prefix(i), sys.executable, "-m", "dynamo_core.cli", "node",
-                   "--name", name, "--listen", self.address(name), "--data-dir", str(data),
+                   "--name", name, *self.listen_args(name), "--data-dir", str(data),
                    "--config", str(self.config_path), "--log-level", "warning"]
             for other in self.names:
                 if other != name:
@@ -211,23 +224,34 @@ class NetCluster:
 
 @pytest.fixture
 def netcluster(tmp_path: Path) -> Iterator[NetCluster]:
+    with running_netcluster(tmp_path, NODES) as nc:
+        yield nc
+
+
+@contextlib.contextmanager
+def running_netcluster(root: Path, nodes: int, wildcard: bool = False) -> Iterator[NetCluster]:
+    """A :class:`NetCluster` of ``nodes`` nodes, started and settled (all up, one ring).
+
+    Skips the test, saying why, where namespaces cannot be made; stops every process and
+    deletes every namespace whatever happens.
+    """
     reason = unavailable_reason()
     if reason:
         pytest.skip(f"network namespaces unavailable: {reason}")
-    topo = Topology(NODES)
+    topo = Topology(nodes)
     nc: NetCluster | None = None
     try:
         try:
             topo.create()
         except NetnsUnavailable as exc:
             pytest.skip(f"network namespaces unavailable: {exc}")
-        nc = NetCluster(topo, tmp_path)
+        nc = NetCluster(topo, root, wildcard)
         conftest._ACTIVE.append(nc)  # failing tests get the node logs attached
         nc.start()
         started = time.monotonic()
         poll(lambda: nc.sees(tuple(nc.names), tuple(nc.names), "up") and nc.same_ring(),
-             START_TIMEOUT, "all four nodes to see each other up and build the same ring")
-        print(f"cluster of {NODES} namespaced nodes converged in {seconds(started)}s")
+             START_TIMEOUT, f"all {nodes} nodes to see each other up and build the same ring")
+        print(f"cluster of {nodes} namespaced nodes converged in {seconds(started)}s")
         yield nc
     finally:
         try:

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port_run, stop_process, wait_for
+
 from dynamo_core import Client
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -451,3 +451,32 @@ def test_without_security_the_same_capture_does_see_the_data(module_cluster) -> 
     with capture, open_cluster.client() as c:
         c.put("k", value, w=2)
     assert value.encode() in capture.data
+
+
+
+def _start_log_of_node(tmp_path: Path, *extra: str) -> str:
+    """What a node listening on every interface logs as it starts."""
+    port, log = free_port(), tmp_path / "n1.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dynamo_core.cli", "node", "--name", "n1", "--listen",
+             f"tcp://0.0.0.0:{port}", "--advertise", f"tcp://127.0.0.1:{port}", "--data-dir",
+             str(tmp_path / "n1"), "--log-level", "info", *extra],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        wait_for(lambda: "listening on" in log.read_text(), 15.0, "the node to listen")
+    finally:
+        stop_process(proc)
+    return log.read_text()
+
+
+def test_listening_beyond_loopback_without_security_is_loudly_logged(tmp_path: Path) -> None:
+    text = _start_log_of_node(tmp_path)
+    assert "SECURITY IS OFF while listening on tcp://0.0.0.0:" in text
+
+
+def test_listening_beyond_loopback_with_security_is_quiet(tmp_path: Path, keys: Path) -> None:
+    config = tmp_path / "secure.toml"
+    config.write_text(f'[security]\ncluster_key = "{keys / "cluster.key_secret"}"\n')
+    text = _start_log_of_node(tmp_path, "--config", str(config))
+    assert "with CURVE security" in text and "SECURITY IS OFF" not in text
