@@ -109,6 +109,9 @@ def load_secret(path: str | os.PathLike[str], what: str = "secret key file") -> 
     if secret is None:
         raise ConfigError(f"{what} {path} holds only a public key; give the "
                           f".key_secret file")
+    if Path(path).stat().st_mode & 0o077:
+        log.warning("%s %s may be read by other users of this machine: `chmod 600` it",
+                    what, path)
     return public, secret
 
 

@@ -104,6 +104,17 @@ def test_generated_keys_load_back_and_the_secret_file_is_private(tmp_path: Path)
     assert zmq.curve_public(secret) == public
 
 
+def test_a_secret_key_others_may_read_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _, secret_file = generate(tmp_path, "app")
+    with caplog.at_level(logging.WARNING, logger="dynamo_core.security"):
+        load_secret(secret_file)
+        assert not caplog.records
+        secret_file.chmod(0o644)
+        load_secret(secret_file)
+    assert "chmod 600" in caplog.records[0].getMessage()
+
+
 def test_generating_never_overwrites_a_key(tmp_path: Path) -> None:
     generate(tmp_path, "app")
     before = (tmp_path / "app.key_secret").read_bytes()
