@@ -52,6 +52,7 @@ from .handoff import HintDelivery, HintStore
 from .identity import Epoch, choose_actor, new_boot
 from .liveness import Liveness
 from .membership import Member, Membership, removal_of
+from .overload import OverloadGuard
 from .plugins import Registry, make_plugin_manager
 from .ring import Ring, key_hash
 from .routing import Route, ring_digest, ring_document
@@ -153,14 +154,22 @@ class Client:
     stale_ring: bool = False
     #: the request came from a node (its envelope names the sender)
     peer: bool = False
+    #: who asked, as per-client admission counts it (see overload): the connection's
+    #: identity unless the transport knows better (a client's CURVE public key)
+    principal: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.principal:
+            object.__setattr__(self, "principal", self.identity)
 
 
-def _client_of(identity: bytes, msg: Message, now: float) -> Client:
+def _client_of(identity: bytes, msg: Message, now: float, principal: bytes) -> Client:
     if msg.type not in OBSERVED_OPS:
-        return Client(identity, msg.id, now, peer=msg.sender is not None)
+        return Client(identity, msg.id, now, peer=msg.sender is not None,
+                      principal=principal)
     b = msg.body
     return Client(identity, msg.id, now, msg.type, b["bucket"], b["key"],
-                  bool(b.get("forwarded")))
+                  bool(b.get("forwarded")), principal=principal)
 
 
 @dataclass
@@ -246,6 +255,8 @@ class NodeCore:
                                        max_clock_entries=config.max_clock_entries,
                                        max_pending=config.max_pending_requests)
         self.liveness = Liveness(self.name, detector, config.heartbeat_interval)
+        self.overload = OverloadGuard(config.overload, self.coordinator.pending,
+                                      self.log.warning)
         self.tasks = tasks.Scheduler(self.now, self._start_call, self._admit, self._run_external,
                                      self._task_crashed)
         self.handoff = HintDelivery(
@@ -490,11 +501,36 @@ class NodeCore:
         else:
             self.log.error("%s failed again (%d times): %s; %s", what, failures, exc, then)
 
-    def receive(self, identity: bytes, frames: list[bytes], now: float) -> list[CoreEffect]:
-        """A request (from a client or a peer), to be answered through ``identity``."""
+    def receive(self, identity: bytes, frames: list[bytes], now: float,
+                principal: bytes | None = None) -> list[CoreEffect]:
+        """A request (from a client or a peer), to be answered through ``identity``;
+        ``principal`` names the asker for per-client admission (default: ``identity``)."""
         self._enter(now)
-        self._on_request(identity, frames)
+        principal = principal or identity
+        if not self._refused(identity, frames, principal):
+            self._on_request(identity, frames, principal)
         return self._drain()
+
+    def requests_waiting(self, waiting: bool, now: float) -> None:
+        """What the driver saw in the queue of its listening socket: requests waiting
+        when it started reading, or none left. A queue that stays non-empty is how this
+        node learns it is behind (:mod:`overload`)."""
+        self._enter(now)
+        self.overload.queue.observe(waiting, self._now)
+
+    def _refused(self, identity: bytes, frames: list[bytes], principal: bytes) -> bool:
+        """Refuse a client's request at once, from its envelope's head alone, while this
+        node is past its limits; the refusal leaves at once, not held for the turn's
+        commit (nothing was done)."""
+        if len(frames) != 1 or not self.overload.may_refuse(self._now):
+            return False
+        msg_type, req_id, sender = self.codec.head_of(frames[0])
+        refusal = self.overload.screen(principal, msg_type, sender, self._now)
+        if refusal is None:
+            return False
+        self._out.append(Answer(identity, self.codec.encode(
+            "error", errors.to_wire(refusal), req_id, self.name)))
+        return True
 
     def receive_reply(self, address: str, frames: list[bytes], now: float
                       ) -> list[CoreEffect]:
@@ -810,7 +846,7 @@ class NodeCore:
 
     # ================================================================== incoming
 
-    def _on_request(self, identity: bytes, frames: list[bytes]) -> None:
+    def _on_request(self, identity: bytes, frames: list[bytes], principal: bytes) -> None:
         if len(frames) != 1:
             self._reject(identity, self.codec.request_id_of(frames[0]) if frames else None,
                          WireError(f"a message carries at most {MAX_PARTS} frames (one "
@@ -826,7 +862,7 @@ class NodeCore:
                 return
             self._reject(identity, req_id, exc)
             return
-        client = _client_of(identity, msg, self._now)
+        client = _client_of(identity, msg, self._now, principal)
         routed_by = msg.body.get("ring") if client.op is not None else None
         if routed_by is not None and routed_by != self._ring_view()[1]:
             self.stale_ring_views += 1
@@ -1250,6 +1286,7 @@ class NodeCore:
             "partitions": ring.partitions,
             "extensions": sorted(self.extensions.installed),
             "plugin_errors": self.extensions.errors,
+            "overload": self.overload.stats(self._now),
         }
 
     def _handle_inspect(self, msg: Message, client: Client) -> None:

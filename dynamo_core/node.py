@@ -77,7 +77,8 @@ class Node:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.transport.start(self._on_request, self._on_reply, self._on_burst_end)
+        self.transport.start(self._on_request, self._on_reply, self._on_burst_end,
+                             self._on_queue)
         self._carry_out(self.core.start(self._now()))
 
     async def stop(self) -> None:
@@ -108,6 +109,9 @@ class Node:
     def _on_reply(self, address: str, frames: list[bytes]) -> None:
         self.core.begin_turn()
         self._carry_out(self.core.receive_reply(address, frames, self._now()))
+
+    def _on_queue(self, waiting: bool) -> None:
+        self.core.requests_waiting(waiting, self._now())
 
     def _on_burst_end(self) -> None:
         if self.core.in_turn:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import zmq
 
-from .transport import BurstHandler, ReplyHandler, RequestHandler, SendFailed
+from .transport import BurstHandler, QueueHandler, ReplyHandler, RequestHandler, SendFailed
 from .wire import MAX_PARTS
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,12 @@ class SocketReader:
     """Feeds every message of a plain ZeroMQ socket to a handler, from an asyncio loop."""
 
     def __init__(self, sock: zmq.Socket[bytes], handle: FrameHandler, what: str,
-                 burst_end: BurstHandler | None = None) -> None:
+                 burst_end: BurstHandler | None = None,
+                 on_queue: QueueHandler | None = None) -> None:
         self.sock = sock
         self._handle = handle
         self._burst_end = burst_end
+        self._on_queue = on_queue
         self._what = what
         self._loop = asyncio.get_running_loop()
         self._scheduled = False
@@ -87,11 +89,16 @@ class SocketReader:
                 self._burst_end()
 
     def _read_burst(self) -> None:
-        """Hand over what the socket holds, up to BATCH messages."""
-        for _ in range(BATCH):
+        """Hand over what the socket holds, up to BATCH messages (telling ``on_queue``
+        that some wait, and when none is left)."""
+        for i in range(BATCH):
             try:
                 if not int(self.sock.getsockopt(_EVENTS)) & _POLLIN:
+                    if self._on_queue is not None:
+                        self._on_queue(False)
                     return
+                if i == 0 and self._on_queue is not None:
+                    self._on_queue(True)
                 frames = self.sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
@@ -127,7 +134,8 @@ class ZmqTransport:
         self._answers: dict[bytes, list[bytes]] = {}
 
     def start(self, on_request: RequestHandler, on_reply: ReplyHandler,
-              on_burst_end: BurstHandler | None = None) -> None:
+              on_burst_end: BurstHandler | None = None,
+              on_queue: QueueHandler | None = None) -> None:
         self._on_reply = on_reply
         self._burst_end = on_burst_end
         router = self._ctx.socket(zmq.ROUTER)
@@ -146,7 +154,8 @@ class ZmqTransport:
             for part in parts:
                 on_request(identity, [part])
 
-        self._router = SocketReader(router, requests, f"{self.name} router", on_burst_end)
+        self._router = SocketReader(router, requests, f"{self.name} router", on_burst_end,
+                                    on_queue)
 
     def reply(self, identity: bytes, frame: bytes, to_peer: bool = False) -> None:
         """Answer a request that came in on the ROUTER (dropped if the asker is gone).
