@@ -5,6 +5,7 @@ The public Python API is the clients; plugins use :mod:`dynamo_core.hookspecs`.
 
 from .client import AsyncClient, Bucket, Client, GetResult
 from .errors import (
+    Busy,
     DynamoError,
     InvalidRequest,
     Overloaded,
@@ -13,10 +14,13 @@ from .errors import (
     Timeout,
     Unavailable,
 )
+from .retry import Backoff
 
 __all__ = [
     "AsyncClient",
+    "Backoff",
     "Bucket",
+    "Busy",
     "Client",
     "DynamoError",
     "GetResult",

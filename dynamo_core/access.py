@@ -74,6 +74,12 @@ class Principal:
 OPEN = Principal("open")
 
 
+def admission_key(identity: bytes, principal: Principal) -> bytes:
+    """What per-client admission counts a request against: the client's public key with
+    security on (however many connections it opens), else its connection."""
+    return principal.key or identity
+
+
 def check_role(role: str, where: str) -> str:
     """``role`` if it is one of :data:`ROLES`, else a ValueError naming the place."""
     if role not in ROLES:

@@ -32,7 +32,10 @@ it just read; it is timed as one ``rmw`` operation and its read and its write ar
 Measurement: ``time.perf_counter``; warm-up requests before each phase are not counted;
 percentiles by nearest rank over every raw sample (samples of several client processes,
 ``--procs``, are merged before ranking); errors are counted per operation kind and by error
-class, and never stop a run. The CPU the client used is reported, so a client that was
+class, and never stop a run. A request a node refused as overloaded (``Busy``) is counted as
+*refused*, apart from errors: the measured phases do not retry refusals (the clients'
+backoff would hide them in the latency), so the bench shows how much a node sheds and the
+latency of what it accepted. The CPU the client used is reported, so a client that was
 itself the bottleneck shows.
 """
 
@@ -61,7 +64,7 @@ from typing import IO, Any
 import zmq
 
 from .client import AsyncClient
-from .errors import ConfigError, DynamoError, Unavailable
+from .errors import Busy, ConfigError, DynamoError, Unavailable
 from .node import run_loop
 
 ECHO_READY = "ready"
@@ -290,21 +293,34 @@ class Tally:
 
 
 class Recorder:
-    """Latencies (seconds) per operation kind, errors per kind and class, and the same for
-    the phase's top-level operations (an rmw is one top-level operation)."""
+    """Latencies (seconds) per operation kind, errors per kind and class, refusals per
+    kind, and the same for the phase's top-level operations (an rmw is one top-level
+    operation)."""
 
     def __init__(self) -> None:
         self.samples: dict[str, list[float]] = {}
         self.errors: dict[str, Counter[str]] = {}
+        self.refused: Counter[str] = Counter()
         self.not_found: Counter[str] = Counter()
         self.total: list[float] = []
         self.total_errors = 0
+        self.total_refused = 0
 
     def ok(self, kind: str, seconds: float) -> None:
         self.samples.setdefault(kind, []).append(seconds)
 
     def fail(self, kind: str, exc: BaseException) -> None:
-        self.errors.setdefault(kind, Counter())[type(exc).__name__] += 1
+        if isinstance(exc, Busy):
+            self.refused[kind] += 1
+        else:
+            self.errors.setdefault(kind, Counter())[type(exc).__name__] += 1
+
+    def failed(self, exc: BaseException) -> None:
+        """A top-level operation failed with ``exc`` (refused, or an error)."""
+        if isinstance(exc, Busy):
+            self.total_refused += 1
+        else:
+            self.total_errors += 1
 
 
 #: One operation: called with its index and the time it is timed from (``perf_counter``);
@@ -455,6 +471,8 @@ class PhaseResult:
     lag: list[float] = field(default_factory=list)
     max_outstanding: int = 0
     absent: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    total_refused: int = 0
 
     @staticmethod
     def merge(parts: Sequence[PhaseResult]) -> PhaseResult:
@@ -465,12 +483,14 @@ class PhaseResult:
         samples: dict[str, list[float]] = {}
         errors: dict[str, Counter[str]] = {}
         not_found: Counter[str] = Counter()
+        refused: Counter[str] = Counter()
         for part in parts:
             for kind, values in part.samples.items():
                 samples.setdefault(kind, []).extend(values)
             for kind, classes in part.errors.items():
                 errors.setdefault(kind, Counter()).update(classes)
             not_found.update(part.not_found)
+            refused.update(part.refused)
         return PhaseResult(
             name=parts[0].name, samples=samples,
             errors={k: dict(v) for k, v in errors.items()}, not_found=dict(not_found),
@@ -481,7 +501,8 @@ class PhaseResult:
             capped=sum(p.capped for p in parts), late=sum(p.late for p in parts),
             lag=[s for p in parts for s in p.lag],
             max_outstanding=sum(p.max_outstanding for p in parts),
-            absent=sum(p.absent for p in parts))
+            absent=sum(p.absent for p in parts), refused=dict(refused),
+            total_refused=sum(p.total_refused for p in parts))
 
 
 def _share(total: int, index: int, procs: int) -> int:
@@ -535,7 +556,9 @@ class BenchWorker:
     async def run_async(self, spec: PhaseSpec) -> PhaseResult:
         s = self.settings
         self._phases += 1
-        async with AsyncClient(list(s.nodes), timeout=s.timeout, bucket=s.bucket) as client:
+        # the measured phases see refusals; the load and the cleanup retry them
+        async with AsyncClient(list(s.nodes), timeout=s.timeout, bucket=s.bucket,
+                               retry=spec.action != "run") as client:
             rec = Recorder()
             if spec.action == "load":
                 mine = [key_name(i) for i in self.my_records()]
@@ -565,7 +588,8 @@ class BenchWorker:
             elapsed=stats.elapsed, cpu=cpu,
             busy=cpu / stats.elapsed if count and stats.elapsed else 0.0,
             capped=stats.capped, late=stats.late, lag=stats.lag,
-            max_outstanding=stats.max_outstanding, absent=rec.not_found.get("delete", 0))
+            max_outstanding=stats.max_outstanding, absent=rec.not_found.get("delete", 0),
+            refused=dict(rec.refused), total_refused=rec.total_refused)
 
     async def _drive(self, spec: PhaseSpec, op: Op, count: int, tag: str) -> OpenLoopStats:
         if spec.action == "run" and spec.rate is not None:
@@ -614,10 +638,11 @@ class BenchWorker:
 
     def _inserter(self, client: AsyncClient, rec: Recorder, keys: list[str]) -> Op:
         async def op(i: int, start: float) -> None:
-            if await self._put(client, keys[i], None, rec, start, "insert") is None:
+            error = await self._put(client, keys[i], None, rec, start, "insert")
+            if error is None:
                 rec.total.append(time.perf_counter() - start)
             else:
-                rec.total_errors += 1
+                rec.failed(error)
         return op
 
     def _deleter(self, client: AsyncClient, rec: Recorder, keys: list[str]) -> Op:
@@ -631,7 +656,7 @@ class BenchWorker:
                 await client.delete(key, context=result.context)
             except Exception as exc:  # noqa: BLE001 -- counted by class
                 rec.fail("delete", exc)
-                rec.total_errors += 1
+                rec.failed(exc)
                 return
             self.contexts.pop(key, None)
             seconds = time.perf_counter() - start
@@ -659,7 +684,7 @@ class BenchWorker:
             if error is None:
                 rec.total.append(time.perf_counter() - start)
             else:
-                rec.total_errors += 1
+                rec.failed(error)
         return op
 
 
@@ -1143,6 +1168,7 @@ class Bench:
             row = {"offered_ops_per_s": rate, "achieved_ops_per_s": step["achieved_ops_per_s"],
                    "p50": total["p50"], "p99": total["p99"], "p99.9": total["p99.9"],
                    "max": total["max"], "count": total["count"], "errors": step["errors"],
+                   "refused": step["refused"], "refused_fraction": step["refused_fraction"],
                    "delayed_by_cap": step["delayed_by_cap"], "late": step["late"],
                    "client_busy": step["client_busy"], "operations": step["operations"]}
             steps.append(row)
@@ -1155,7 +1181,8 @@ class Bench:
                 "step_seconds": args.step_seconds, "base_ops_per_s": base, "steps": steps,
                 "knee_ops_per_s": knee, "stopped": stopped,
                 "rule": f"achieved >= {SWEEP_ACHIEVED:.0%} of offered, p99 <= "
-                        f"{args.p99_bound:g} ms, errors <= {SWEEP_MAX_ERRORS:.0%}"}
+                        f"{args.p99_bound:g} ms, errors and refusals <= "
+                        f"{SWEEP_MAX_ERRORS:.0%} each"}
 
     def past_knee(self, row: dict[str, Any], ops: int) -> str:
         if row["achieved_ops_per_s"] < SWEEP_ACHIEVED * row["offered_ops_per_s"]:
@@ -1167,6 +1194,8 @@ class Bench:
             return f"p99 {row['p99']:.1f} ms above {self.args.p99_bound:g} ms"
         if row["errors"] > SWEEP_MAX_ERRORS * ops:
             return f"{row['errors']} of {ops} requests failed"
+        if row["refused"] > SWEEP_MAX_ERRORS * ops:
+            return f"{row['refused']} of {ops} requests were refused as overloaded"
         return ""
 
     def cleanup(self) -> dict[str, Any]:
@@ -1185,26 +1214,32 @@ class Bench:
         elapsed = r.elapsed or math.nan
         raw_p50 = self.raw.get("p50")
 
-        def op_doc(samples: list[float], errors: dict[str, int],
+        def op_doc(samples: list[float], errors: dict[str, int], refused: int,
                    not_found: int = 0) -> dict[str, Any]:
             d = summarize(samples)
             d["errors"] = sum(errors.values())
             d["errors_by_class"] = dict(errors)
+            d["refused"] = refused
             d["ops_per_s"] = len(samples) / r.elapsed if r.elapsed else 0.0
             d["p50_over_raw"] = d["p50"] / raw_p50 if d["p50"] is not None and raw_p50 else None
             if not_found:
                 d["not_found"] = not_found
             return d
 
-        kinds = [k for k in KIND_ORDER if k in r.samples or k in r.errors]
+        kinds = [k for k in KIND_ORDER if k in r.samples or k in r.errors or k in r.refused]
         operations = {k: op_doc(r.samples.get(k, []), r.errors.get(k, {}),
-                                r.not_found.get(k, 0)) for k in kinds}
-        everything = op_doc(r.total, {"failed": r.total_errors} if r.total_errors else {})
+                                r.refused.get(k, 0), r.not_found.get(k, 0)) for k in kinds}
+        everything = op_doc(r.total, {"failed": r.total_errors} if r.total_errors else {},
+                            r.total_refused)
+        answered = len(r.total) + r.total_errors + r.total_refused
         doc: dict[str, Any] = {
             "workload": workload, "mode": mode, "threads": threads if mode == "closed" else None,
             "rate": rate, "ops": r.done, "seconds": r.elapsed,
             "ops_per_s": len(r.total) / elapsed if r.elapsed else 0.0,
             "errors": r.total_errors, "operations": operations, "all": everything,
+            # refused as overloaded (Busy), a share of every operation that ended
+            "refused": r.total_refused,
+            "refused_fraction": r.total_refused / answered if answered else 0.0,
             "client_cpu_seconds": r.cpu,
             "client_cpu_us_per_op": r.cpu / r.done * 1e6 if r.done else None,
             "client_busy": r.busy, "procs": r.procs}
@@ -1261,8 +1296,8 @@ def _ms(value: float | None, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
 
 
-HEADER = (f"{'':34}{'count':>7}{'errors':>7}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
-          f"{'max ms':>9}{'ops/s':>9}{'x raw':>7}")
+HEADER = (f"{'':34}{'count':>7}{'errors':>7}{'refused':>8}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'p99.9 ms':>10}{'max ms':>9}{'ops/s':>9}{'x raw':>7}")
 
 
 def _row(label: str, d: dict[str, Any], ops_per_s: float | None = None,
@@ -1270,7 +1305,8 @@ def _row(label: str, d: dict[str, Any], ops_per_s: float | None = None,
     ratio = d.get("p50_over_raw")
     rate = d.get("ops_per_s") if ops_per_s is None else ops_per_s
     errs = d.get("errors", 0) if errors is None else errors
-    return (f"{label:34}{d['count']:>7}{errs:>7}{_ms(d['p50'], 9)}{_ms(d['p99'], 9)}"
+    return (f"{label:34}{d['count']:>7}{errs:>7}{d.get('refused', 0):>8}"
+            f"{_ms(d['p50'], 9)}{_ms(d['p99'], 9)}"
             f"{_ms(d['p99.9'], 10)}{_ms(d['max'], 9)}"
             f"{'' if rate is None else f'{rate:.0f}':>9}"
             f"{'' if ratio is None else f'{ratio:.2f}':>7}")
@@ -1307,6 +1343,10 @@ def report(doc: dict[str, Any]) -> str:
                      f"{run['achieved_ops_per_s']:.0f}/s; {run['delayed_by_cap']} requests "
                      f"waited for a slot (cap {run['max_outstanding']}), {run['late']} sent "
                      f"over 1 ms late, send lag p99 {_ms(run['send_lag_ms']['p99'], 0)} ms")
+        if run["refused"]:
+            lines.append(f"  {run['refused']} requests refused as overloaded "
+                         f"({run['refused_fraction']:.1%} of those that ended); the "
+                         f"percentiles are of the accepted ones")
         if run["late"] > 0.05 * run["ops"]:
             lines.append("  the client fell behind its schedule (its CPU was busy or it was not "
                          "scheduled in time): the latencies include that lag")
@@ -1338,14 +1378,15 @@ def sweep_table(sweep: dict[str, Any]) -> list[str]:
     lines = [f"sweep: workload {sweep['workload']}, open loop, {sweep['arrivals']} arrivals, "
              f"{sweep['step_seconds']:g} s per step",
              f"{'offered/s':>10}{'achieved/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
-             f"{'max ms':>9}{'errors':>7}{'capped':>7}{'late':>7}"]
+             f"{'max ms':>9}{'errors':>7}{'refused':>8}{'capped':>7}{'late':>7}"]
     for s in sweep["steps"]:
         lines.append(f"{s['offered_ops_per_s']:>10.0f}{s['achieved_ops_per_s']:>12.0f}"
                      f"{_ms(s['p50'], 9)}{_ms(s['p99'], 9)}{_ms(s['p99.9'], 10)}"
-                     f"{_ms(s['max'], 9)}{s['errors']:>7}{s['delayed_by_cap']:>7}"
+                     f"{_ms(s['max'], 9)}{s['errors']:>7}{s['refused']:>8}"
+                     f"{s['delayed_by_cap']:>7}"
                      f"{s['late']:>7}")
     late = sum(st["late"] for st in sweep["steps"])
-    sent = sum(st["count"] + st["errors"] for st in sweep["steps"])
+    sent = sum(st["count"] + st["errors"] + st["refused"] for st in sweep["steps"])
     if late > 0.05 * sent:
         lines.append(f"{late} of {sent} requests went out over 1 ms late (the client's CPU "
                      f"was busy or it was not scheduled in time); the latencies include it")

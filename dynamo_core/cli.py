@@ -129,6 +129,7 @@ def cmd_status(args: argparse.Namespace) -> str:
     rows = [[m["name"], m["address"], m["state"], _ago(m.get("since"), now), m["status"],
              m["tokens"], f"{100 * m['ownership']:.1f}%"] for m in status["members"]]
     ae = status.get("anti_entropy", {})
+    ov = status.get("overload", {})
     return "\n".join([
         f"node {status['node']} ({status['address']}), engine {status['engine']}, "
         f"failure detector {status.get('failure_detector', '?')}",
@@ -142,6 +143,10 @@ def cmd_status(args: argparse.Namespace) -> str:
         + (f" ({status['partitions']} partitions)" if status.get("partitions") else "")
         + f"   extensions: {', '.join(status.get('extensions', [])) or 'none'}"
         f"   plugin errors: {status.get('plugin_errors', 0)}",
+        f"overload: {'behind' if ov.get('behind') else 'keeping up'}; refused "
+        f"{ov.get('overloaded_refusals', 0)} (standing queue), "
+        f"{ov.get('in_flight_refusals', 0)} (requests in flight), "
+        f"{ov.get('rate_limited', 0)} (over a client's rate)",
         "", _table(rows, ["NAME", "ADDRESS", "STATE", "SINCE", "STATUS", "TOKENS", "OWNS"])])
 
 

@@ -10,7 +10,9 @@ the ring, or when no home can be reached at once, a request goes to one of the a
 given (rotating through them), whose node coordinates or forwards it. A node that timed out
 is skipped for a while. Gets are retried once on another node when the first times out;
 puts and deletes are not, because a put may have been applied even though its answer was
-lost.
+lost. A request a node refused as :class:`~dynamo_core.errors.Busy` (overloaded: nothing
+was done) is sent again after a random, growing pause (``retry``, see :mod:`retry`) until
+the client's timeout, then the refusal is raised; ``retry=False`` raises it at once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import zmq
 
 from . import errors
 from .api import Resolver, Sibling
-from .errors import DynamoError, InvalidRequest, Overloaded, Timeout
+from .errors import Busy, DynamoError, InvalidRequest, Timeout
+from .retry import Backoff, Retries
 from .routing import REFRESH_SECONDS, RingView
 from .security import client_keys, secure_client
 from .versions import context_from_text
@@ -111,7 +114,8 @@ class _Requests:
     """Request bodies and reply parsing shared by both clients."""
 
     def __init__(self, nodes: Sequence[str] | str, timeout: float, route: bool,
-                 key: KeyFile | None = None, server_key: KeyFile | None = None) -> None:
+                 retry: bool | Backoff = True, key: KeyFile | None = None,
+                 server_key: KeyFile | None = None) -> None:
         if isinstance(nodes, str):
             nodes = [nodes]
         if not nodes:
@@ -138,9 +142,15 @@ class _Requests:
         #: requests sent straight to a home, and those sent to a given address instead
         self.routed = 0
         self.unrouted = 0
+        #: how requests refused as Busy are retried (None: they are not)
+        self.backoff = Backoff() if retry is True else retry or None
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    def retries(self) -> Retries:
+        """The attempts of one request: retried after Busy, all within the timeout."""
+        return Retries(self.backoff, time.monotonic() + self.timeout)
 
     # ------------------------------------------------------------------ routing
 
@@ -313,8 +323,9 @@ class Client:
 
     def __init__(self, nodes: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT,
                  bucket: str = DEFAULT_BUCKET, *, route: bool = True,
-                 key: KeyFile | None = None, server_key: KeyFile | None = None) -> None:
-        self._req = _Requests(nodes, timeout, route, key, server_key)
+                 retry: bool | Backoff = True, key: KeyFile | None = None,
+                 server_key: KeyFile | None = None) -> None:
+        self._req = _Requests(nodes, timeout, route, retry, key, server_key)
         self.default_bucket = bucket
         self._ctx = zmq.Context()
         self._socks: dict[str, zmq.Socket[bytes]] = {}
@@ -421,7 +432,19 @@ class Client:
 
     def _call(self, msg_type: str, body: dict[str, Any], node: str | None) -> dict[str, Any]:
         if msg_type in ROUTED_OPS and node is None and self._req.wants_ring():
-            self._refresh_ring()
+            self._refresh_ring()  # a request of its own: the time it takes is not this one's
+        retries = self._req.retries()
+        while True:
+            try:
+                return self._attempt(msg_type, body, node, retries.deadline)
+            except Busy:
+                pause = retries.wait(time.monotonic())
+                if pause is None:
+                    raise
+                time.sleep(pause)
+
+    def _attempt(self, msg_type: str, body: dict[str, Any], node: str | None,
+                 deadline: float) -> dict[str, Any]:
         expected = self._req.reply_type(msg_type)
         address, routed = self._req.destination(msg_type, body, node)
         req_id = self._req.next_id()
@@ -438,7 +461,6 @@ class Client:
                 sock.send(frame)
         except zmq.Again:  # not even queued within the timeout (SNDTIMEO): no connection
             raise self._req.timed_out(address, msg_type) from None
-        deadline = time.monotonic() + self._req.timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
@@ -489,8 +511,9 @@ class AsyncClient:
 
     def __init__(self, nodes: Sequence[str] | str, timeout: float = DEFAULT_TIMEOUT,
                  bucket: str = DEFAULT_BUCKET, *, route: bool = True,
-                 key: KeyFile | None = None, server_key: KeyFile | None = None) -> None:
-        self._req = _Requests(nodes, timeout, route, key, server_key)
+                 retry: bool | Backoff = True, key: KeyFile | None = None,
+                 server_key: KeyFile | None = None) -> None:
+        self._req = _Requests(nodes, timeout, route, retry, key, server_key)
         self.default_bucket = bucket
         self._ctx = zmq.Context()
         self._readers: dict[str, SocketReader] = {}
@@ -578,6 +601,18 @@ class AsyncClient:
 
     async def _call(self, msg_type: str, body: dict[str, Any],
                     node: str | None) -> dict[str, Any]:
+        retries = self._req.retries()
+        while True:
+            try:
+                return await self._attempt(msg_type, body, node, retries.deadline)
+            except Busy:
+                pause = retries.wait(time.monotonic())
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
+
+    async def _attempt(self, msg_type: str, body: dict[str, Any], node: str | None,
+                       deadline: float) -> dict[str, Any]:
         if msg_type in ROUTED_OPS and node is None and self._req.wants_ring():
             self._req.ring_asked()
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh_ring())
@@ -591,8 +626,9 @@ class AsyncClient:
             if routed and not self._sent(self._reader(address, routed=True), frame):
                 address, routed = self._req.pick(None), False  # no live connection there
             if not routed and not self._sent(self._reader(address), frame):
-                raise Overloaded(f"send queue towards {address} is full")
-            async with asyncio.timeout(self._req.timeout):  # wait_for can swallow a cancel
+                raise Busy(f"send queue towards {address} is full")
+            # not wait_for: it can swallow a cancel
+            async with asyncio.timeout(deadline - time.monotonic()):
                 msg = await waiter
         except TimeoutError:
             raise self._req.timed_out(address, msg_type) from None

@@ -15,6 +15,7 @@ from typing import Any
 from .access import CLIENT_ROLES
 from .address import AddressError, parse
 from .errors import ConfigError
+from .overload import OverloadConfig
 from .wire import DEFAULT_MAX_MESSAGE_BYTES, MAX_BUCKET_CHARS, is_bucket_name
 
 MAX_REPLICAS = 64
@@ -97,6 +98,8 @@ class Config:
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: [security]: CURVE keys and roles; None: plain sockets, anyone may do anything
     security: SecuritySettings | None = None
+    #: [overload] and [admission]: what a node refuses at once (see overload.py)
+    overload: OverloadConfig = field(default_factory=OverloadConfig)
 
     def bucket(self, name: str) -> BucketConfig:
         """A bucket's settings; buckets not in the file use the cluster's quorum."""
@@ -107,7 +110,7 @@ class Config:
 
 _SECTIONS = {"cluster", "node", "storage", "failure_detector", "partitioning", "buckets",
              "plugins", "limits", "handoff", "anti_entropy", "background", "tombstones",
-             "extensions", "security"}
+             "extensions", "security", "overload", "admission"}
 _CLUSTER_KEYS = {"n", "r", "w", "request_timeout", "gossip_interval", "heartbeat_interval"}
 #: section -> TOML key -> Config field, for the plain numeric settings
 _NUMERIC = {
@@ -191,6 +194,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "config",
         plugin_modules=_plugin_modules(data, source),
         extensions=_extensions(data, source),
         security=_security(data, source, Path(base_dir or ".")),
+        overload=_overload(data, source),
     )
     config = replace(config, **_numeric_sections(data, defaults, source))
     if config.tombstone_grace <= config.handoff_max_age:
@@ -309,6 +313,30 @@ def _advertise(node: Mapping[str, Any], source: str) -> str | None:
     except AddressError as exc:
         raise ConfigError(f"{source} [node] advertise: {exc}") from None
     return value
+def _overload(data: Mapping[str, Any], source: str) -> OverloadConfig:
+    """``[overload]`` (standing queue, requests in flight) and ``[admission]`` (per client)."""
+    overload = _table(data, "overload", source)
+    _no_unknown(overload, {"queue_target", "queue_interval", "max_in_flight"},
+                f"{source} [overload]")
+    admission = _table(data, "admission", source)
+    _no_unknown(admission, {"client_rate", "client_burst", "max_clients"},
+                f"{source} [admission]")
+    d = OverloadConfig()
+    target = _number(overload, "queue_target", d.queue_target, "overload", 60)
+    interval = _number(overload, "queue_interval", max(target, d.queue_interval), "overload",
+                       60)
+    if interval < target:
+        raise ConfigError(f"[overload] queue_interval ({interval:g}s) must be at least "
+                          f"queue_target ({target:g}s)")
+    return OverloadConfig(
+        queue_target=target, queue_interval=interval,
+        max_in_flight=_int(overload, "max_in_flight", d.max_in_flight, 1, 10_000_000,
+                           "overload"),
+        client_rate=_number(admission, "client_rate", d.client_rate, "admission", 1e9,
+                            "a rate per second", zero=True),
+        client_burst=_int(admission, "client_burst", d.client_burst, 1, 1_000_000,
+                          "admission"),
+        max_clients=_int(admission, "max_clients", d.max_clients, 1, 10_000_000, "admission"))
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
@@ -335,9 +363,12 @@ def _int(table: Mapping[str, Any], key: str, default: int, low: int, high: int,
 
 
 def _number(table: Mapping[str, Any], key: str, default: float, section: str,
-            high: float = 3600, what: str = "a number of seconds") -> float:
+            high: float = 3600, what: str = "a number of seconds", zero: bool = False) -> float:
+    """A number in (0, high], or [0, high] with ``zero`` (where 0 turns a feature off)."""
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= high:
-        raise ConfigError(f"[{section}] {key} must be {what} above 0 and at most {high:g}, "
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not (value >= 0 if zero else value > 0) or not value <= high:
+        low = "from 0 (off)" if zero else "above 0"
+        raise ConfigError(f"[{section}] {key} must be {what} {low} and at most {high:g}, "
                           f"got {value!r}")
     return float(value)

@@ -36,9 +36,9 @@ from typing import Any, Protocol
 from . import errors
 from .api import DELETED, Resolver, Sibling
 from .errors import (
+    Busy,
     DynamoError,
     InvalidRequest,
-    Overloaded,
     QuorumNotMet,
     ResolverFailed,
     Timeout,
@@ -396,7 +396,7 @@ class Coordinator:
 
     def _admit(self) -> DynamoError | None:
         if len(self._ops) >= self.max_pending:
-            return Overloaded(f"{self.name} already coordinates {len(self._ops)} requests, "
+            return Busy(f"{self.name} already coordinates {len(self._ops)} requests, "
                               f"its limit; try again or another node")
         return None
 

@@ -40,8 +40,8 @@ from typing import Any, Protocol, TypeVar
 
 import cbor2
 
-from . import errors, tasks
-from .access import OPEN, Principal, refusal
+from . import access, errors, tasks
+from .access import OPEN, Principal, admission_key
 from .admission import BackgroundBudget
 from .antientropy import AntiEntropy
 from .api import PartitionStrategy, PeerView, StorageEngine
@@ -53,6 +53,7 @@ from .handoff import HintDelivery, HintStore
 from .identity import Epoch, choose_actor, new_boot
 from .liveness import Liveness
 from .membership import Member, Membership, removal_of
+from .overload import OverloadGuard
 from .plugins import Registry, make_plugin_manager
 from .ring import Ring, key_hash
 from .routing import Route, ring_digest, ring_document
@@ -249,6 +250,8 @@ class NodeCore:
                                        max_clock_entries=config.max_clock_entries,
                                        max_pending=config.max_pending_requests)
         self.liveness = Liveness(self.name, detector, config.heartbeat_interval)
+        self.overload = OverloadGuard(config.overload, self.coordinator.pending,
+                                      self.log.warning)
         self.tasks = tasks.Scheduler(self.now, self._start_call, self._admit, self._run_external,
                                      self._task_crashed)
         self.handoff = HintDelivery(
@@ -500,8 +503,32 @@ class NodeCore:
         """A request (from a client or a peer), to be answered through ``identity``;
         ``principal`` is who the transport authenticated the sender as."""
         self._enter(now)
-        self._on_request(identity, frames, principal)
+        if not self._refused(identity, frames, principal):
+            self._on_request(identity, frames, principal)
         return self._drain()
+
+    def requests_waiting(self, waiting: bool, now: float) -> None:
+        """What the driver saw in the queue of its listening socket: requests waiting
+        when it started reading, or none left. A queue that stays non-empty is how this
+        node learns it is behind (:mod:`overload`)."""
+        self._enter(now)
+        self.overload.queue.observe(waiting, self._now)
+
+    def _refused(self, identity: bytes, frames: list[bytes], principal: Principal) -> bool:
+        """Refuse a client's request at once, from its envelope's head alone, while this
+        node is past its limits; the refusal leaves at once, not held for the turn's
+        commit (nothing was done)."""
+        if len(frames) != 1 or not self.overload.may_refuse(self._now):
+            return False
+        msg_type, req_id, sender = self.codec.head_of(frames[0])
+        # Only a node may say who it is; a client naming a sender is still a client.
+        busy = self.overload.screen(admission_key(identity, principal), msg_type,
+                                    sender if principal.may_be_node else None, self._now)
+        if busy is None:
+            return False
+        self._out.append(Answer(identity, self.codec.encode(
+            "error", errors.to_wire(busy), req_id, self.name)))
+        return True
 
     def receive_reply(self, address: str, frames: list[bytes], now: float
                       ) -> list[CoreEffect]:
@@ -834,7 +861,7 @@ class NodeCore:
             self._reject(identity, req_id, exc)
             return
         client = _client_of(identity, msg, self._now, principal)
-        refused = refusal(principal, msg.type, msg.body, self.extensions.roles)
+        refused = access.refusal(principal, msg.type, msg.body, self.extensions.roles)
         if refused is not None:
             self._forbid(client, refused)
             return
@@ -1266,6 +1293,7 @@ class NodeCore:
             "partitions": ring.partitions,
             "extensions": sorted(self.extensions.installed),
             "plugin_errors": self.extensions.errors,
+            "overload": self.overload.stats(self._now),
         }
 
     def _handle_inspect(self, msg: Message, client: Client) -> None:

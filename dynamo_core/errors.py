@@ -61,6 +61,18 @@ class Overloaded(DynamoError):
     code = "overloaded"
 
 
+class Busy(Overloaded):
+    """The node is past its load limits right now (its queue of requests is standing, it
+    coordinates as many requests as it may, or this client sent more than its rate) and
+    refused the request at once, before doing anything with it.
+
+    Safe to retry, puts included: nothing was applied. Retry after a pause that grows
+    with each refusal (the clients do, see :mod:`dynamo_core.retry`), or ask another node.
+    """
+
+    code = "busy"
+
+
 class StorageFailed(DynamoError):
     """A node's storage engine raised (disk full, I/O error): nothing was stored there."""
 
@@ -95,8 +107,8 @@ class QuorumNotMet(DynamoError):
 
 
 _BY_CODE = {cls.code: cls for cls in (DynamoError, InvalidRequest, ConfigError, WireError,
-                                        Forbidden, Timeout, Unavailable, Overloaded, ResolverFailed,
-                                        StorageFailed)}
+                                        Forbidden, Timeout, Unavailable, Overloaded, Busy,
+                                        ResolverFailed, StorageFailed)}
 
 
 def to_wire(error: DynamoError) -> dict[str, Any]:

@@ -108,7 +108,8 @@ class Node:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.transport.start(self._on_request, self._on_reply, self._on_burst_end)
+        self.transport.start(self._on_request, self._on_reply, self._on_burst_end,
+                             self._on_queue)
         log.info("%s listening on %s%s", self.name, self.listen,
                  "" if self.keyring is None else " with CURVE security")
         if self.keyring is None and not is_loopback(self.listen):
@@ -146,6 +147,9 @@ class Node:
     def _on_reply(self, address: str, frames: list[bytes]) -> None:
         self.core.begin_turn()
         self._carry_out(self.core.receive_reply(address, frames, self._now()))
+
+    def _on_queue(self, waiting: bool) -> None:
+        self.core.requests_waiting(waiting, self._now())
 
     def _on_burst_end(self) -> None:
         if self.core.in_turn:

@@ -23,6 +23,9 @@ RequestHandler = Callable[[bytes, list[bytes], Principal], None]
 ReplyHandler = Callable[[str, list[bytes]], None]
 #: The frames that arrived together (one socket drained) have all been handed over.
 BurstHandler = Callable[[], None]
+#: Whether requests wait in the listening socket's queue, each time the transport looks:
+#: True when it starts reading, False when it finds the queue empty.
+QueueHandler = Callable[[bool], None]
 
 
 class SendFailed(Exception):
@@ -34,13 +37,16 @@ class Transport(Protocol):
     with) and requests out to peers (their replies come back to ``on_reply``)."""
 
     def start(self, on_request: RequestHandler, on_reply: ReplyHandler,
-              on_burst_end: BurstHandler | None = None) -> None:
+              on_burst_end: BurstHandler | None = None,
+              on_queue: QueueHandler | None = None) -> None:
         """Listen; from now on arriving frames go to the handlers. Raises OSError if the
         address cannot be listened on.
 
         ``on_burst_end`` is called after each burst of frames handed over together (what
         one socket held when it was drained): a node commits the writes of a burst as one
-        and only then sends what acknowledges them (group commit).
+        and only then sends what acknowledges them (group commit). ``on_queue`` hears
+        whether requests wait to be read: a queue that stays non-empty tells a node it is
+        behind (:mod:`~dynamo_core.overload`).
         """
         ...
 

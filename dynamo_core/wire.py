@@ -354,6 +354,13 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
 }
 
 
+def _origin(head: dict[Any, Any]) -> tuple[int | None, str | None]:
+    """The request id and sending node an envelope's head names, if they are well-formed."""
+    rid, sender = head.get("id"), head.get("from")
+    return (rid if _is_request_id(rid) else None,
+            sender if isinstance(sender, str) and 0 < len(sender) <= 256 else None)
+
+
 def _is_request_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
 
@@ -418,10 +425,15 @@ class Codec:
         body is not decoded a second time. A node's one-way message (a sender, no id) is
         refused without a reply: nobody waits for one.
         """
+        return _origin(_envelope_head(frame))
+
+    def head_of(self, frame: bytes) -> tuple[str | None, int | None, str | None]:
+        """Best effort, from the envelope's head alone: the message type, the request id
+        and the sending node. What a node needs to refuse a request without decoding its
+        body (see :mod:`dynamo_core.overload`)."""
         head = _envelope_head(frame)
-        rid, sender = head.get("id"), head.get("from")
-        return (rid if _is_request_id(rid) else None,
-                sender if isinstance(sender, str) and 0 < len(sender) <= 256 else None)
+        msg_type = head.get("t")
+        return (msg_type if isinstance(msg_type, str) else None, *_origin(head))
 
     def _envelope(self, envelope: Any) -> tuple[str, int | None, str | None, dict[str, Any]]:
         if not isinstance(envelope, dict):

@@ -27,7 +27,7 @@ import zmq
 from .access import OPEN, Principal
 from .address import is_ipv6
 from .security import ZAP_ENDPOINT, Keyring, ZapHandler, secure_client, secure_server
-from .transport import BurstHandler, ReplyHandler, RequestHandler, SendFailed
+from .transport import BurstHandler, QueueHandler, ReplyHandler, RequestHandler, SendFailed
 from .wire import MAX_PARTS
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,12 @@ class SocketReader:
     """Feeds every message of a plain ZeroMQ socket to a handler, from an asyncio loop."""
 
     def __init__(self, sock: zmq.Socket[bytes], handle: FrameHandler, what: str,
-                 burst_end: BurstHandler | None = None) -> None:
+                 burst_end: BurstHandler | None = None,
+                 on_queue: QueueHandler | None = None) -> None:
         self.sock = sock
         self._handle = handle
         self._burst_end = burst_end
+        self._on_queue = on_queue
         self._what = what
         self._loop = asyncio.get_running_loop()
         self._scheduled = False
@@ -100,11 +102,16 @@ class SocketReader:
                 self._burst_end()
 
     def _read_burst(self) -> None:
-        """Hand over what the socket holds, up to BATCH messages."""
-        for _ in range(BATCH):
+        """Hand over what the socket holds, up to BATCH messages (telling ``on_queue``
+        that some wait, and when none is left)."""
+        for i in range(BATCH):
             try:
                 if not int(self.sock.getsockopt(_EVENTS)) & _POLLIN:
+                    if self._on_queue is not None:
+                        self._on_queue(False)
                     return
+                if i == 0 and self._on_queue is not None:
+                    self._on_queue(True)
                 frames = self._receive()
             except zmq.Again:
                 return
@@ -132,11 +139,12 @@ class AuthenticatedReader(SocketReader):
     public key as User-Id, which ZeroMQ attaches to every message from it)."""
 
     def __init__(self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes], Principal], None],
-                 what: str, keyring: Keyring, burst_end: BurstHandler | None = None) -> None:
+                 what: str, keyring: Keyring, burst_end: BurstHandler | None = None,
+                 on_queue: QueueHandler | None = None) -> None:
         self._keyring = keyring
         self._principal = OPEN
         self._handle_authenticated = handle
-        super().__init__(sock, self._with_principal, what, burst_end)
+        super().__init__(sock, self._with_principal, what, burst_end, on_queue)
 
     def _receive(self) -> list[bytes]:
         parts = self.sock.recv_multipart(_NOBLOCK, copy=False)
@@ -175,7 +183,8 @@ class ZmqTransport:
         self._answers: dict[bytes, list[bytes]] = {}
 
     def start(self, on_request: RequestHandler, on_reply: ReplyHandler,
-              on_burst_end: BurstHandler | None = None) -> None:
+              on_burst_end: BurstHandler | None = None,
+              on_queue: QueueHandler | None = None) -> None:
         self._on_reply = on_reply
         self._burst_end = on_burst_end
         router = self._ctx.socket(zmq.ROUTER)
@@ -200,9 +209,10 @@ class ZmqTransport:
                 on_request(identity, [part], principal)
 
         what = f"{self.name} router"
-        self._router = SocketReader(router, requests, what, on_burst_end) \
+        self._router = SocketReader(router, requests, what, on_burst_end, on_queue) \
             if self.keyring is None else \
-            AuthenticatedReader(router, requests, what, self.keyring, on_burst_end)
+            AuthenticatedReader(router, requests, what, self.keyring, on_burst_end,
+                                on_queue)
 
     def _serve_zap(self, keyring: Keyring) -> None:
         """Answer the context's authentication requests (ZAP) from the event loop."""

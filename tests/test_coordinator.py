@@ -48,7 +48,14 @@ from dynamo_core import errors
 from dynamo_core.client import _Requests
 from dynamo_core.coordinator import Coordinator, Fail, KeyPlan, PeerFailed, Reply, Send
 from dynamo_core.core import Answer, Connect, CoreEffect, NodeCore, Transmit
-from dynamo_core.errors import InvalidRequest, Overloaded, QuorumNotMet, Timeout, Unavailable
+from dynamo_core.errors import (
+    Busy,
+    InvalidRequest,
+    Overloaded,
+    QuorumNotMet,
+    Timeout,
+    Unavailable,
+)
 from dynamo_core.hookspecs import MemberInfo, Sibling, hookimpl
 from dynamo_core.store import LocalStore
 from dynamo_core.versions import Clock, Version, decode_context, encode_context
@@ -721,7 +728,7 @@ def test_a_forwarded_put_relays_the_home_nodes_own_verdict_as_the_same_error_cla
         assert "1 of 3 replicas answered, 2 required" in str(err)
         assert "n2: n2 disk on fire" in str(err)
     else:
-        assert type(err) is Overloaded
+        assert type(err) is Busy
         assert "n1 already coordinates 0 requests" in str(err)
     assert [s.to for s in net.sends("put")] == ["n1"], "no other home is tried"
     assert [p for src, p in net.peer_failures if src == "n4"] == [], \
@@ -1206,7 +1213,7 @@ def test_garbage_in_a_replica_get_reply_is_a_failed_replica_not_an_exception():
 # ====================================================================== bounds
 
 
-def test_a_request_beyond_max_pending_is_refused_as_overloaded_and_finished_ops_free_slots():
+def test_a_request_beyond_max_pending_is_refused_as_busy_and_finished_ops_free_slots():
     net = Net(max_pending=2)
     for n in HOMES:
         net.make_slow(n)
@@ -1214,9 +1221,9 @@ def test_a_request_beyond_max_pending_is_refused_as_overloaded_and_finished_ops_
     second = net.start_get("n1", "b")
     third = net.start_put("n1", "c", 3)
     err = net.failed(third)
-    assert type(err) is Overloaded
+    assert type(err) is Busy and isinstance(err, Overloaded)  # retryable: nothing was done
     assert "n1 already coordinates 2 requests" in str(err)
-    assert type(net.failed(net.start_get("n1", "d"))) is Overloaded
+    assert type(net.failed(net.start_get("n1", "d"))) is Busy
     assert net.coordinator("n1").pending() == 2
 
     net.release()
@@ -1232,7 +1239,7 @@ def test_a_forwarding_node_counts_its_forwarded_puts_against_max_pending():
     net = Net(max_pending=1)
     net.make_slow("n1", "put")
     first = net.start_put("n4", "k", 1)
-    assert type(net.failed(net.start_put("n4", "k", 2))) is Overloaded
+    assert type(net.failed(net.start_put("n4", "k", 2))) is Busy
     net.release("n1")
     net.ok(first, "put_ok")
     net.assert_settled()

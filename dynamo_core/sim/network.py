@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..access import OPEN
-from ..transport import BurstHandler, ReplyHandler, RequestHandler, SendFailed
+from ..transport import BurstHandler, QueueHandler, ReplyHandler, RequestHandler, SendFailed
 from .world import World
 
 #: Where a client hears its answers: the raw frame.
@@ -173,8 +173,10 @@ class SimTransport:
         self.address = address
 
     def start(self, on_request: RequestHandler, on_reply: ReplyHandler,
-              on_burst_end: BurstHandler | None = None) -> None:
-        """Every frame arrives on its own: the node ends its turn itself (SimNode)."""
+              on_burst_end: BurstHandler | None = None,
+              on_queue: QueueHandler | None = None) -> None:
+        """Every frame arrives on its own: the node ends its turn itself (SimNode). No
+        queue is watched: a simulated node never finds itself behind."""
         self.network.attach_node(self.name, self.address, on_request, on_reply)
 
     def reply(self, identity: bytes, frame: bytes, to_peer: bool = False) -> None:
