@@ -434,6 +434,9 @@ class Settings:
     records: int
     value_size: int
     seed: int
+    #: the client's secret key file and the cluster's public key (a cluster with security)
+    key: str | None = None
+    server_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -558,7 +561,8 @@ class BenchWorker:
         self._phases += 1
         # the measured phases see refusals; the load and the cleanup retry them
         async with AsyncClient(list(s.nodes), timeout=s.timeout, bucket=s.bucket,
-                               retry=spec.action != "run") as client:
+                               retry=spec.action != "run", key=s.key,
+                               server_key=s.server_key) as client:
             rec = Recorder()
             if spec.action == "load":
                 mine = [key_name(i) for i in self.my_records()]
@@ -1038,7 +1042,8 @@ class Bench:
         self.nodes: list[str] = args.nodes or [getattr(args, "default_node",
                                                        "tcp://127.0.0.1:7101")]
         self.settings = Settings(tuple(self.nodes), args.bucket, args.timeout, args.records,
-                                 args.value_size, args.seed)
+                                 args.value_size, args.seed, args.key_file or None,
+                                 args.server_key_file or None)
         self.progress = Progress(not args.no_progress)
         self.runner: InlineRunner | ProcessRunner | None = None
         self.raw: dict[str, Any] = {}
@@ -1053,7 +1058,8 @@ class Bench:
         """One read, so that a missing cluster fails in seconds, not after every timeout."""
         async def probe() -> None:
             async with AsyncClient(self.nodes, timeout=min(self.args.timeout, 5.0),
-                                   bucket=self.args.bucket) as client:
+                                   bucket=self.args.bucket, key=self.settings.key,
+                                   server_key=self.settings.server_key) as client:
                 await client.get(key_name(0))
         try:
             asyncio.run(probe())

@@ -447,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                 client=False)
     from .bench import add_arguments as bench_arguments
     bench_arguments(p, DEFAULT_NODE, _address)
+    _key_arguments(p)
 
     p = command("sim", cmd_sim, "a seeded, deterministic simulation of a whole cluster, "
                                 "with faults, judged by a history checker", client=False)
