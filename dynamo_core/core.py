@@ -56,8 +56,9 @@ from .plugins import Registry, make_plugin_manager
 from .ring import Ring, key_hash
 from .routing import Route, ring_digest, ring_document
 from .store import IDENTITY_KEY, LocalStore, key_bytes_limit
+from .throttle import LogThrottle
 from .versions import Version
-from .wire import MAX_BATCH_ITEMS, MAX_PARTS, Codec, Message
+from .wire import MAX_BATCH_ITEMS, MAX_PARTS, SCAN_FREE_BYTES, Codec, Message, Refused
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,9 @@ class NodeCore:
         }
         self.malformed_frames = 0
         self.expired_requests = 0
+        #: what the network sends is logged through it: a flood is a line per 10 s, not a
+        #: line a frame
+        self.warnings = LogThrottle(self.log)
         #: what failed -> how many times (a loop restarted with backoff; a timer step)
         self.loop_failures: dict[str, int] = {}
         self.has_left = False
@@ -706,7 +710,9 @@ class NodeCore:
 
     def _batches(self, items: Sequence[tuple[str, str, Sequence[Version]]]
                  ) -> Iterator[list[dict[str, Any]]]:
-        limit = key_bytes_limit(self.config.max_message_bytes) // 2
+        # A batch within SCAN_FREE_BYTES is within the receiver's item and decoded-size caps
+        # whatever its keys hold; a bigger key goes alone, within them by the store's limits.
+        limit = min(key_bytes_limit(self.config.max_message_bytes) // 2, SCAN_FREE_BYTES)
         batch: list[dict[str, Any]] = []
         size = 0
         for bucket, key, versions in items:
@@ -766,6 +772,7 @@ class NodeCore:
     async def _heartbeat_loop(self) -> None:
         while True:
             await tasks.sleep(self.config.heartbeat_interval / 2)
+            self.warnings.flush(self._now)
             for peer in self.liveness.refresh(self._watched_peers(), self._now):
                 self._send_one_way(peer, "ping", {})
 
@@ -818,25 +825,25 @@ class NodeCore:
             return
         try:
             msg = self.codec.decode(frames[0])
-        except WireError as exc:
-            req_id, sender = self.codec.origin_of(frames[0])
-            if req_id is None and sender is not None:  # a peer's one-way message
+        except Refused as exc:
+            if exc.req_id is None and exc.sender is not None:  # a peer's one-way message
                 self.malformed_frames += 1
-                self.log.warning("refused a one-way message from %s: %s", sender, exc)
+                self.warnings.event("refused a one-way message", exc.sender, str(exc),
+                                    self._now)
                 return
-            self._reject(identity, req_id, exc)
+            self._reject(identity, exc.req_id, exc, exc.sender)
             return
         client = _client_of(identity, msg, self._now)
         routed_by = msg.body.get("ring") if client.op is not None else None
         if routed_by is not None and routed_by != self._ring_view()[1]:
             self.stale_ring_views += 1
             client = dataclasses.replace(client, stale_ring=True)
-        if msg.sender:
-            self.liveness.heard_from(msg.sender, self._now)
+        self._heard_from(msg.sender)
         if msg.expires is not None and (late := self.wall() - msg.expires) > 0:
             self.expired_requests += 1
-            self.log.info("dropped a %s from %s that expired %.1fs ago (it waited in a "
-                          "queue)", msg.type, msg.sender, late)
+            self.warnings.event(f"dropped an expired {msg.type}", str(msg.sender),
+                                f"expired {late:.1f}s ago (it waited in a queue)",
+                                self._now, logging.INFO)
             return
         handler = self._handlers.get(msg.type)
         if handler is None:
@@ -852,22 +859,30 @@ class NodeCore:
             self.answer_error(client, DynamoError(
                 f"internal error handling {msg.type}: {exc}"))
 
-    def _reject(self, identity: bytes, req_id: int | None, exc: WireError) -> None:
+    def _reject(self, identity: bytes, req_id: int | None, exc: WireError,
+                sender: str | None = None) -> None:
         self.malformed_frames += 1
-        self.log.warning("rejected a malformed frame: %s", exc)
+        self.warnings.event("rejected a malformed frame", sender or f"client {identity.hex()}",
+                            str(exc), self._now)
         self.answer_error(Client(identity, req_id), exc)
+
+    def _heard_from(self, sender: str | None) -> None:
+        """A frame named its sender: the failure detector hears of members only (anyone
+        can write any name in an envelope; a table per name would grow without bound)."""
+        member = self.membership.get(sender) if sender else None
+        if member is not None and member.status != "removed":
+            self.liveness.heard_from(member.name, self._now)
 
     def _on_peer_reply(self, address: str, frames: list[bytes]) -> None:
         if len(frames) != 1:
-            self.log.warning("dropped a %d-frame reply from %s", len(frames), address)
+            self.warnings.event("dropped a reply", address, f"{len(frames)} frames", self._now)
             return
         try:
             msg = self.codec.decode(frames[0])
         except WireError as exc:
-            self.log.warning("dropped a malformed reply from %s: %s", address, exc)
+            self.warnings.event("dropped a malformed reply", address, str(exc), self._now)
             return
-        if msg.sender:
-            self.liveness.heard_from(msg.sender, self._now)
+        self._heard_from(msg.sender)
         if msg.type == "gossip_ok":
             self._merge_gossip(msg.body["members"])
         elif msg.type == "pong":
@@ -1020,7 +1035,7 @@ class NodeCore:
             try:
                 self.hints.add(home, bucket, key, incoming, self.wall())
             except errors.Overloaded as exc:
-                self.log.warning("hint for %s refused: %s", home, exc)
+                self.warnings.event("refused a hint", home, str(exc), self._now)
                 raise
             return "replica_put_ok", {"changed": True}
         return "replica_put_ok", {"changed": self.store.apply(bucket, key, incoming)}
@@ -1060,7 +1075,8 @@ class NodeCore:
             try:
                 members.append(Member.from_wire(record))
             except ValueError as exc:
-                self.log.warning("ignored a gossiped member record: %s", exc)
+                self.warnings.event("ignored a gossiped member record", "gossip", str(exc),
+                                    self._now)
         me_before = self.membership.me
         if self.membership.merge(members):
             for member in self.membership.members():
