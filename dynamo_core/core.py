@@ -58,8 +58,9 @@ from .plugins import Registry, make_plugin_manager
 from .ring import Ring, key_hash
 from .routing import Route, ring_digest, ring_document
 from .store import IDENTITY_KEY, LocalStore, key_bytes_limit
+from .throttle import LogThrottle
 from .versions import Version
-from .wire import MAX_BATCH_ITEMS, MAX_PARTS, Codec, Message
+from .wire import MAX_BATCH_ITEMS, MAX_PARTS, SCAN_FREE_BYTES, Codec, Message, Refused
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,9 @@ class NodeCore:
         self.expired_requests = 0
         #: requests refused because the sender's role does not allow them (see access)
         self.forbidden_requests = 0
+        #: what the network sends is logged through it: a flood is a line per 10 s, not a
+        #: line a frame
+        self.warnings = LogThrottle(self.log)
         #: what failed -> how many times (a loop restarted with backoff; a timer step)
         self.loop_failures: dict[str, int] = {}
         self.has_left = False
@@ -518,11 +522,13 @@ class NodeCore:
         """Refuse a client's request at once, from its envelope's head alone, while this
         node is past its limits; the refusal leaves at once, not held for the turn's
         commit (nothing was done)."""
+        key = admission_key(identity, principal)
+        self.overload.arrived(key, self._now)
         if len(frames) != 1 or not self.overload.may_refuse(self._now):
             return False
         msg_type, req_id, sender = self.codec.head_of(frames[0])
         # Only a node may say who it is; a client naming a sender is still a client.
-        busy = self.overload.screen(admission_key(identity, principal), msg_type,
+        busy = self.overload.screen(key, msg_type,
                                     sender if principal.may_be_node else None, self._now)
         if busy is None:
             return False
@@ -740,7 +746,9 @@ class NodeCore:
 
     def _batches(self, items: Sequence[tuple[str, str, Sequence[Version]]]
                  ) -> Iterator[list[dict[str, Any]]]:
-        limit = key_bytes_limit(self.config.max_message_bytes) // 2
+        # A batch within SCAN_FREE_BYTES is within the receiver's item and decoded-size caps
+        # whatever its keys hold; a bigger key goes alone, within them by the store's limits.
+        limit = min(key_bytes_limit(self.config.max_message_bytes) // 2, SCAN_FREE_BYTES)
         batch: list[dict[str, Any]] = []
         size = 0
         for bucket, key, versions in items:
@@ -800,6 +808,7 @@ class NodeCore:
     async def _heartbeat_loop(self) -> None:
         while True:
             await tasks.sleep(self.config.heartbeat_interval / 2)
+            self.warnings.flush(self._now)
             for peer in self.liveness.refresh(self._watched_peers(), self._now):
                 self._send_one_way(peer, "ping", {})
 
@@ -852,13 +861,13 @@ class NodeCore:
             return
         try:
             msg = self.codec.decode(frames[0])
-        except WireError as exc:
-            req_id, sender = self.codec.origin_of(frames[0])
-            if req_id is None and sender is not None:  # a peer's one-way message
+        except Refused as exc:
+            if exc.req_id is None and exc.sender is not None:  # a peer's one-way message
                 self.malformed_frames += 1
-                self.log.warning("refused a one-way message from %s: %s", sender, exc)
+                self.warnings.event("refused a one-way message", exc.sender, str(exc),
+                                    self._now)
                 return
-            self._reject(identity, req_id, exc)
+            self._reject(identity, exc.req_id, exc, exc.sender)
             return
         client = _client_of(identity, msg, self._now, principal)
         refused = access.refusal(principal, msg.type, msg.body, self.extensions.roles)
@@ -869,12 +878,13 @@ class NodeCore:
         if routed_by is not None and routed_by != self._ring_view()[1]:
             self.stale_ring_views += 1
             client = dataclasses.replace(client, stale_ring=True)
-        if msg.sender and principal.may_be_node:
-            self.liveness.heard_from(msg.sender, self._now)
+        if principal.may_be_node:  # a client's claim to be a node is not believed
+            self._heard_from(msg.sender)
         if msg.expires is not None and (late := self.wall() - msg.expires) > 0:
             self.expired_requests += 1
-            self.log.info("dropped a %s from %s that expired %.1fs ago (it waited in a "
-                          "queue)", msg.type, msg.sender, late)
+            self.warnings.event(f"dropped an expired {msg.type}", str(msg.sender),
+                                f"expired {late:.1f}s ago (it waited in a queue)",
+                                self._now, logging.INFO)
             return
         handler = self._handlers.get(msg.type)
         if handler is None:
@@ -892,25 +902,35 @@ class NodeCore:
 
     def _forbid(self, client: Client, why: str) -> None:
         self.forbidden_requests += 1
-        self.log.warning("refused a request from a %s client: %s", client.principal.role, why)
+        who = client.principal.key.decode("ascii", "replace")
+        self.warnings.event("refused a forbidden request", f"{client.principal.role} key {who}",
+                            why, self._now)
         self.answer_error(client, errors.Forbidden(why))
 
-    def _reject(self, identity: bytes, req_id: int | None, exc: WireError) -> None:
+    def _reject(self, identity: bytes, req_id: int | None, exc: WireError,
+                sender: str | None = None) -> None:
         self.malformed_frames += 1
-        self.log.warning("rejected a malformed frame: %s", exc)
+        self.warnings.event("rejected a malformed frame", sender or f"client {identity.hex()}",
+                            str(exc), self._now)
         self.answer_error(Client(identity, req_id), exc)
+
+    def _heard_from(self, sender: str | None) -> None:
+        """A frame named its sender: the failure detector hears of members only (anyone
+        can write any name in an envelope; a table per name would grow without bound)."""
+        member = self.membership.get(sender) if sender else None
+        if member is not None and member.status != "removed":
+            self.liveness.heard_from(member.name, self._now)
 
     def _on_peer_reply(self, address: str, frames: list[bytes]) -> None:
         if len(frames) != 1:
-            self.log.warning("dropped a %d-frame reply from %s", len(frames), address)
+            self.warnings.event("dropped a reply", address, f"{len(frames)} frames", self._now)
             return
         try:
             msg = self.codec.decode(frames[0])
         except WireError as exc:
-            self.log.warning("dropped a malformed reply from %s: %s", address, exc)
+            self.warnings.event("dropped a malformed reply", address, str(exc), self._now)
             return
-        if msg.sender:
-            self.liveness.heard_from(msg.sender, self._now)
+        self._heard_from(msg.sender)
         if msg.type == "gossip_ok":
             self._merge_gossip(msg.body["members"])
         elif msg.type == "pong":
@@ -1063,7 +1083,7 @@ class NodeCore:
             try:
                 self.hints.add(home, bucket, key, incoming, self.wall())
             except errors.Overloaded as exc:
-                self.log.warning("hint for %s refused: %s", home, exc)
+                self.warnings.event("refused a hint", home, str(exc), self._now)
                 raise
             return "replica_put_ok", {"changed": True}
         return "replica_put_ok", {"changed": self.store.apply(bucket, key, incoming)}
@@ -1103,7 +1123,8 @@ class NodeCore:
             try:
                 members.append(Member.from_wire(record))
             except ValueError as exc:
-                self.log.warning("ignored a gossiped member record: %s", exc)
+                self.warnings.event("ignored a gossiped member record", "gossip", str(exc),
+                                    self._now)
         me_before = self.membership.me
         if self.membership.merge(members):
             for member in self.membership.members():

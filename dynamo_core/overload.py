@@ -22,6 +22,10 @@ a client's ``get``, ``put`` or ``delete`` only:
    about the target, whatever the load offered; while a queue that stays non-empty only
    because the node is busy at its peak (a closed loop of clients, a process that was
    not scheduled for a moment) seldom lasts the longer interval, and refuses nothing.
+   Only the principals filling the queue are refused (:class:`TrafficShares`: those that
+   sent at least half a fair share of the last second's requests, junk included): a
+   client with a request now and then is served through any flood, so a flood cannot
+   make the node turn its light clients away.
 2. **Requests in flight**: at most ``[overload] max_in_flight`` client requests
    coordinated at once (the coordinator's table, bounded at ``[limits]
    max_pending_requests`` for everything, keeps headroom for puts forwarded by peers).
@@ -69,6 +73,10 @@ DATA_OPS = frozenset({"get", "put", "delete"})
 ALERT_INTERVALS = 10
 #: Seconds between two log lines about refusals while they go on.
 LOG_SECONDS = 10.0
+#: Requests are counted per principal over windows of this many queue intervals...
+SHARE_WINDOWS = 10
+#: ...for at most this many principals a window (past it, new ones count as one).
+TRAFFIC_TRACKED = 1024
 #: Principals the refusal summary tracks, and how many of them status shows.
 TOP_TRACKED = 32
 TOP_SHOWN = 5
@@ -123,6 +131,57 @@ class StandingQueue:
             return False
         limit = self.target if self._since <= self._alert_until else self.interval
         return now - self._since > limit
+
+
+class TrafficShares:
+    """Who sent what share of the requests a node read lately: counts per principal over
+    the current window and the one before it, in bounded memory.
+
+    When the queue stands, a node refuses only the principals sending at least half a fair
+    share (see :meth:`heavy`): those who fill the queue. A client sending a request now and
+    then is served whatever floods the node, so a flood (of junk, or of anything) cannot
+    make the node shed its light clients. Past ``capacity`` principals in a window, new
+    ones are counted together as one, which is then as heavy as they are together.
+    """
+
+    OTHERS = b"\x00others"
+
+    def __init__(self, window: float, capacity: int) -> None:
+        if not window > 0 or capacity < 1:
+            raise ValueError("window and capacity must be positive")
+        self.window = window
+        self.capacity = capacity
+        self._start = float("-inf")
+        self._current: dict[bytes, int] = {}
+        self._previous: dict[bytes, int] = {}
+        self._current_total = 0
+        self._previous_total = 0
+
+    def _roll(self, now: float) -> None:
+        if now - self._start >= self.window:
+            recent = now - self._start < 2 * self.window
+            self._previous = self._current if recent else {}
+            self._previous_total = self._current_total if recent else 0
+            self._current, self._current_total, self._start = {}, 0, now
+
+    def count(self, principal: bytes, now: float) -> None:
+        self._roll(now)
+        counts = self._current
+        if principal not in counts and len(counts) >= self.capacity:
+            principal = self.OTHERS
+        counts[principal] = counts.get(principal, 0) + 1
+        self._current_total += 1
+
+    def heavy(self, principal: bytes, now: float) -> bool:
+        """Whether ``principal`` sent at least half its fair share of the requests of the
+        last two windows (a fair share: the total over the principals seen)."""
+        self._roll(now)
+        counts, previous = self._current, self._previous
+        if principal not in counts and len(counts) >= self.capacity:
+            principal = self.OTHERS
+        mine = counts.get(principal, 0) + previous.get(principal, 0)
+        active = max(len(counts), len(previous), 1)
+        return 2 * active * mine >= self._current_total + self._previous_total
 
 
 class ClientBuckets:
@@ -184,6 +243,7 @@ class OverloadGuard:
                  log: Callable[[str], None]) -> None:
         self.config = config
         self.queue = StandingQueue(config.queue_target, config.queue_interval)
+        self.traffic = TrafficShares(SHARE_WINDOWS * config.queue_interval, TRAFFIC_TRACKED)
         self.buckets = (ClientBuckets(config.client_rate, config.client_burst,
                                       config.max_clients) if config.client_rate else None)
         self._in_flight = in_flight
@@ -212,8 +272,12 @@ class OverloadGuard:
             self._note(refusal, now)
         return refusal
 
+    def arrived(self, principal: bytes, now: float) -> None:
+        """A request arrived from ``principal`` (any request: junk fills a queue too)."""
+        self.traffic.count(principal, now)
+
     def _refusal(self, principal: bytes, now: float) -> Busy | None:
-        if self.queue.behind(now):
+        if self.queue.behind(now) and self.traffic.heavy(principal, now):
             self.overloaded_refusals += 1
             return Busy("node overloaded: its queue of requests stands (it has not emptied "
                         "for too long); retry later")

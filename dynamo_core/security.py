@@ -41,6 +41,7 @@ import zmq.utils.z85
 from .access import CLIENT_ROLES, Principal
 from .config import SecuritySettings
 from .errors import ConfigError
+from .throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,8 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"dynamo"
 #: A refused key is logged at most this often (seconds)...
 REFUSAL_LOG_INTERVAL = 60.0
-#: ...and at most this many refused keys are remembered; past it, refusals of keys not
-#: remembered are counted and reported in one line per interval instead.
-MAX_REMEMBERED_REFUSALS = 1024
+#: ...and at most this many refused keys are told apart; past it, fresh keys share a line.
+MAX_REMEMBERED_REFUSALS = 256
 Z85_KEY_CHARS = 40
 
 
@@ -220,52 +220,6 @@ def secure_client(sock: zmq.Socket[bytes], keys: ClientKeys) -> None:
     sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server)
 
 
-class RefusalLog:
-    """Logs a refused key once per interval, with the number of refusals since.
-
-    The table of remembered keys is bounded: an attacker with a stream of fresh keys gets
-    one summary line per interval, not one line (or one entry) per key.
-    """
-
-    def __init__(self, what: str, interval: float = REFUSAL_LOG_INTERVAL,
-                 limit: int = MAX_REMEMBERED_REFUSALS) -> None:
-        self.what = what
-        self.interval = interval
-        self.limit = limit
-        #: key -> (when last logged, refusals not yet logged)
-        self._seen: dict[bytes, tuple[float, int]] = {}
-        self._unremembered = 0
-        self._summary_at = 0.0
-        self.refused = 0
-
-    def refused_key(self, key: bytes, address: str, now: float) -> None:
-        self.refused += 1
-        self._forget_old(now)
-        seen = self._seen.get(key)
-        if seen is None and len(self._seen) >= self.limit:
-            self._unremembered += 1
-            if now - self._summary_at >= self.interval:
-                log.warning("%s: refused %d connections with unknown keys in the last "
-                            "%.0fs (too many keys to name each)", self.what,
-                            self._unremembered, self.interval)
-                self._unremembered, self._summary_at = 0, now
-            return
-        if seen is None or now - seen[0] >= self.interval:
-            since = "" if seen is None or not seen[1] else f" ({seen[1]} more times since)"
-            log.warning("%s: refused a connection from %s with unknown key %s%s; add its "
-                        "public key to the configuration to let it in", self.what, address,
-                        key.decode("ascii", "replace"), since)
-            self._seen[key] = (now, 0)
-        else:
-            self._seen[key] = (seen[0], seen[1] + 1)
-
-    def _forget_old(self, now: float) -> None:
-        if len(self._seen) < self.limit:
-            return
-        for key in [k for k, (at, _) in self._seen.items() if now - at >= self.interval]:
-            del self._seen[key]
-
-
 class ZapHandler:
     """Answers ZeroMQ's authentication requests for one context, from its caller's loop.
 
@@ -275,7 +229,10 @@ class ZapHandler:
 
     def __init__(self, keyring: Keyring, what: str, clock: Callable[[], float]) -> None:
         self.keyring = keyring
-        self.refusals = RefusalLog(what)
+        self.what = what
+        #: refusals are logged once per key per minute; a flood of fresh keys shares a line
+        self.refusals = LogThrottle(log, REFUSAL_LOG_INTERVAL, MAX_REMEMBERED_REFUSALS)
+        self.refused = 0
         self._clock = clock
 
     def handle(self, frames: Sequence[bytes]) -> list[bytes]:
@@ -295,9 +252,18 @@ class ZapHandler:
             return reply(b"400", b"this node accepts only CURVE connections")
         key = zmq.utils.z85.encode(credentials[0])
         if key not in self.keyring.principals:
-            self.refusals.refused_key(key, address.decode("utf-8", "replace"), self._clock())
+            self._refuse(key.decode("ascii"), address.decode("utf-8", "replace"))
             return reply(b"400", b"unknown key")
         return reply(b"200", b"OK", key)
+
+
+    def _refuse(self, key: str, address: str) -> None:
+        self.refused += 1
+        now = self._clock()
+        self.refusals.flush(now)
+        self.refusals.event(f"{self.what}: refused the handshake of an unknown key", key,
+                            f"connecting from {address}; add its public key to the "
+                            f"configuration to let it in", now)
 
 
 def _split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:

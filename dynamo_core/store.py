@@ -17,8 +17,9 @@ from typing import Any
 import cbor2
 
 from .api import StorageEngine
-from .errors import InvalidRequest, Overloaded, StorageFailed
+from .errors import InvalidRequest, Overloaded, StorageFailed, WireError
 from .versions import Clock, Dot, Version, next_dot, reconcile
+from .wire import MAX_ITEMS, MAX_OBJECT_BYTES, SCAN_FREE_BYTES, prescan
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 IDENTITY_KEY = "\x00identity"
 #: Room left in a frame for the envelope and the fields around a key and its versions.
 FRAME_OVERHEAD = 4096
+#: The CBOR items and decoded objects one key may hold: the wire's caps less a sixteenth
+#: for what surrounds a key's versions in a frame (envelope, body, a reply's context).
+MAX_KEY_ITEMS = MAX_ITEMS - MAX_ITEMS // 16
+MAX_KEY_OBJECT_BYTES = MAX_OBJECT_BYTES - MAX_OBJECT_BYTES // 16
 
 
 def key_bytes_limit(max_message_bytes: int) -> int:
@@ -132,6 +137,18 @@ class LocalStore:
     # ----------------------------------------------------------------- records
 
     def _load(self, skey: str) -> _Record | None:
+        """The key's record, from the cache or the engine.
+
+        Stored bytes are decoded without the wire's limits and not scanned again: they are
+        this store's own encoding of versions that were checked once, on the way in (the
+        frame that brought them was decoded within the wire's caps, its versions parsed by
+        ``Version.from_wire``), and :meth:`_fold` never writes a record that one frame could
+        not carry back (bytes, items and decoded size). Untrusted bytes never reach the
+        engine as they came, so reading a record costs what any valid frame may cost, and
+        the check that bounds it is paid once per write of a big record, not per read.
+        ``Version.from_wire`` does run again on a cache miss: its checks cost nothing next to
+        building the versions (measured: a trusted constructor was no faster).
+        """
         if skey in self._cache:
             self._cache.move_to_end(skey)
             return self._cache[skey]
@@ -139,7 +156,6 @@ class LocalStore:
         if data is None:
             record = None
         else:
-            # Our own bytes, written after validation: decoded without the wire's limits.
             raw = cbor2.loads(data)
             record = _Record([Version.from_wire(v) for v in raw["versions"]],
                              int(raw["issued"]), raw.get("by"), len(data))
@@ -271,16 +287,27 @@ class LocalStore:
         new.size = len(data)
         # A change that shrinks the key (a merge superseding siblings) is always taken, so
         # a key at its limit can still be mended with a put carrying its context.
-        size = len(data) + len(skey.encode("utf-8"))
-        if size > self.max_key_bytes and len(data) > (record.size if record else 0):
-            raise Overloaded(
-                f"key {key!r} in bucket {bucket!r} would hold {size} bytes of versions, "
-                f"more than one message carries ({self.max_key_bytes}); merge its siblings "
-                f"(read, then write one value with the context) or write a smaller value")
+        if len(data) > (record.size if record else 0):
+            self._check_size(bucket, key, skey, data)
         self._write(skey, new, data)
         if self.listener is not None and changed:
             self.listener(bucket, key, list(held), merged)
         return changed
+
+    def _check_size(self, bucket: str, key: str, skey: str, data: bytes) -> None:
+        """Refuse a record one frame could not carry: too many bytes, or (a big record
+        only: a small one cannot) too many items or decoded objects."""
+        size = len(data) + len(skey.encode("utf-8"))
+        try:
+            if size > self.max_key_bytes:
+                raise WireError(f"its record would hold {size} bytes of versions, more than "
+                                f"one message carries ({self.max_key_bytes})")
+            if len(data) > SCAN_FREE_BYTES:
+                prescan(data, MAX_KEY_ITEMS, MAX_KEY_OBJECT_BYTES, "its record")
+        except WireError as exc:
+            raise Overloaded(
+                f"key {key!r} in bucket {bucket!r}: {exc}; merge its siblings (read, then "
+                f"write one value with the context) or write a smaller value") from None
 
     def _note_dot_conflicts(self, bucket: str, key: str, held: Sequence[Version],
                             incoming: Sequence[Version]) -> None:

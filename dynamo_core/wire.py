@@ -5,10 +5,12 @@ Envelope: ``{"v": 1, "t": <type>, "id": <request id or null>, "from": <node name
 requests between nodes (a request that waited in a queue towards a node that was down or
 paused must not be carried out long after its sender gave up on it). Every frame from the
 network is untrusted: it is decoded with limits
-(size, nesting depth, no indefinite lengths, no duplicate map keys, map keys only text or
-bytes, no semantic tags but a small harmless set) and then checked against the schema of
-its message type before any protocol code sees it. Anything else raises :class:`WireError`
-with a message that names the problem, which the node sends back as an error reply.
+(size, items and decoded size, nesting depth, no indefinite lengths, no duplicate map keys,
+map keys only text or bytes, no semantic tags but a small harmless set) and then checked
+against the schema of its message type before any protocol code sees it. Anything else
+raises :class:`Refused` (a :class:`WireError`) with a message that names the problem and
+the request it belongs to, which the node sends back as an error reply. A frame is decoded
+at most once, refused or not.
 """
 
 from __future__ import annotations
@@ -36,6 +38,29 @@ MAX_BATCH_ITEMS = 1024
 #: sends a turn's requests to one peer, and its answers to one node, as one message.
 MAX_PARTS = 64
 MAX_BUCKET_CHARS = 128
+
+#: CBOR data items one frame may hold: every head counts (a container, each element, each
+#: map key and value, a tag). cbor2 (6.3) has no such limit, and decoding costs per item, not
+#: per byte: 16 MiB of empty maps is 16 million dicts, 1.2 GB and seconds of a blocked node.
+#: At this cap a frame decodes in at most ~0.15 s even of the costliest items (sets, UUIDs,
+#: dates: ~0.5 us each) and is refused after ~50 ms of scanning. Nodes' own frames stay
+#: below it: a key's versions are held to it (see :mod:`store`) and a batch of many keys to
+#: :data:`SCAN_FREE_BYTES`, and one key is about a hundred items per version plus its value.
+MAX_ITEMS = 1 << 18
+#: What the objects one frame decodes to may take in memory, estimated from the item heads
+#: before anything is allocated (see :data:`_CHARGES`). The frame's string and byte payloads
+#: come on top, so decoded size is at most the frame's size plus this: about what
+#: :data:`MAX_ITEMS` of ordinary items take (clock entries ~53 bytes an item, lists of small
+#: maps ~110), while a frame of nothing but empty sets or one-pair maps is refused well
+#: before the item cap.
+MAX_OBJECT_BYTES = 32 * 1024 * 1024
+#: No encoded byte is charged more than this: a tag's one-byte head (160) plus its share of
+#: a one-pair map around it ((232 + 48) / 3).
+MAX_CHARGE_PER_BYTE = 256
+#: Frames up to this size cannot pass either cap (each item takes at least a byte, each
+#: byte is charged at most MAX_CHARGE_PER_BYTE), so they are decoded without a scan: normal
+#: traffic pays one length comparison. Batches of many keys are kept to this size.
+SCAN_FREE_BYTES = min(MAX_ITEMS, MAX_OBJECT_BYTES // MAX_CHARGE_PER_BYTE)
 
 #: Semantic tags a value may carry: date/times, bignums, UUIDs and sets. Everything else is
 #: refused: shared references can build cycles, string references and decimal/bigfloat
@@ -93,13 +118,90 @@ def _cbor_problem(exc: BaseException) -> str:
     return _brief(text)
 
 
+#: The bytes of an item head's argument, by the head's low five bits (24..27); 28..31 are
+#: indefinite lengths and reserved values, which the decoder refuses.
+_ARG_WIDTH = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+def _head(data: bytes, pos: int) -> tuple[int, int, int] | None:
+    """The item head at ``pos``: (major type, argument, position after the head), or None
+    where no head of a definite item can be read (the end, an indefinite length)."""
+    if pos >= len(data):
+        return None
+    first = data[pos]
+    info = first & 31
+    if info < 24:
+        return first >> 5, info, pos + 1
+    width = _ARG_WIDTH.get(info)
+    if width is None or pos + 1 + width > len(data):
+        return None
+    return first >> 5, int.from_bytes(data[pos + 1:pos + 1 + width], "big"), pos + 1 + width
+
+
+def prescan(data: bytes, max_items: int = MAX_ITEMS, max_objects: int = MAX_OBJECT_BYTES,
+            what: str = "frame") -> None:
+    """Refuse (WireError) a CBOR item holding more than ``max_items`` items, or whose
+    objects would take more than ``max_objects`` bytes decoded, before decoding it.
+
+    Only the item heads are read, in pure Python, and the scan stops as soon as a cap is
+    passed: it costs O(min(items, cap)), never O(frame) (string payloads are skipped).
+    Malformed CBOR ends the scan quietly: the decoder refuses it, having read no more items
+    than the scan did. An item's charge is what CPython allocates for it (3.11, measured),
+    the slot it takes in its container included: an integer 40, a string 64, a list 64, a
+    float or simple value 48, a tag 160 (a set's table; dates and UUIDs take less), a map 72
+    empty, else 232 plus 48 a pair (dicts grow in steps: 224 bytes for 1 to 5 pairs).
+    """
+    end, pos, todo, items, charge = len(data), 0, 1, 0, 0
+    while todo:
+        if pos >= end:
+            return
+        first = data[pos]
+        info = first & 31
+        if info < 24:
+            arg, pos = info, pos + 1
+        elif info < 28:
+            width = _ARG_WIDTH[info]
+            arg = int.from_bytes(data[pos + 1:pos + 1 + width], "big")
+            pos += 1 + width
+        else:
+            return
+        major = first >> 5
+        todo -= 1
+        if major < 2:
+            charge += 40
+        elif major < 4:
+            pos += arg
+            charge += 64
+        elif major == 4:
+            todo += arg
+            charge += 64
+        elif major == 5:
+            todo += 2 * arg
+            charge += 232 + 48 * arg if arg else 72
+        elif major == 6:
+            todo += 1
+            charge += 160
+        else:
+            charge += 48
+        items += 1
+        if items > max_items:
+            raise WireError(f"{what} holds more than {max_items:,} CBOR items (counted to "
+                            f"byte {pos:,} of {end:,})")
+        if charge > max_objects:
+            raise WireError(f"{what} would decode to more than {max_objects:,} bytes of "
+                            f"objects ({items:,} items, to byte {pos:,} of {end:,})")
+
+
 def safe_loads(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
     """Decode one untrusted CBOR item with every limit on; raises WireError.
 
     The frame must hold exactly one item: bytes after it are refused rather than ignored.
+    A frame too big to be harmless is scanned first (:func:`prescan`).
     """
     if len(data) > max_bytes:
         raise WireError(f"frame of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+    if len(data) > SCAN_FREE_BYTES:
+        prescan(data)
     fp = io.BytesIO(data)
     try:
         item = cbor2.CBORDecoder(
@@ -120,30 +222,48 @@ def safe_loads(data: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Any:
     return item
 
 
-def _envelope_head(frame: bytes) -> dict[Any, Any]:
-    """The envelope's entries before its body ``b``, read with every decoding limit."""
-    if not frame or len(frame) > DEFAULT_MAX_MESSAGE_BYTES:
-        return {}
-    first = frame[0]
-    if not 0xA0 <= first <= 0xBB:  # a definite-length map
-        return {}
-    info = first - 0xA0
-    width = {24: 1, 25: 2, 26: 4, 27: 8}.get(info, 0)
-    count = info if info < 24 else int.from_bytes(frame[1:1 + width], "big")
-    fp = io.BytesIO(frame[1 + width:])
-    decoder = cbor2.CBORDecoder(fp, max_depth=2, allow_indefinite=False,
-                                semantic_decoders=_REJECTING_DECODERS,
-                                tag_hook=_reject_unknown_tag)
-    head: dict[Any, Any] = {}
-    for _ in range(min(count, 8)):
-        try:
-            key = decoder.decode()
-            if key == "b" or not isinstance(key, str):
-                break
-            head[key] = decoder.decode()
-        except Exception:  # noqa: BLE001 - a best effort: what was read before is kept
+def _text_at(data: bytes, pos: int, major: int, length: int) -> str | None:
+    """The text string whose head ended at ``pos``, if it is one, short and well-formed."""
+    if major != 3 or length > 256 or pos + length > len(data):
+        return None
+    try:
+        return data[pos:pos + length].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _envelope_head(frame: bytes) -> dict[str, int | str]:
+    """The envelope's integer and text entries before its body ``b``, read from the item
+    heads without a decoder: a few bytes' work whatever the frame holds. Reading stops at
+    the body or at the first entry that is anything else."""
+    head: dict[str, int | str] = {}
+    top = _head(frame, 0)
+    if top is None or top[0] != 5:
+        return head
+    pos = top[2]
+    for _ in range(min(top[1], 8)):
+        key_head = _head(frame, pos)
+        if key_head is None:
+            break
+        key = _text_at(frame, key_head[2], key_head[0], key_head[1])
+        value_head = _head(frame, key_head[2] + key_head[1])
+        if key is None or key == "b" or value_head is None:
+            break
+        major, arg, pos = value_head
+        if major == 0:
+            head[key] = arg
+        elif (value := _text_at(frame, pos, major, arg)) is not None:
+            head[key] = value
+            pos += arg
+        elif major != 7:  # null and other simple values are skipped; anything else ends it
             break
     return head
+
+
+def _origin(rid: Any, sender: Any) -> tuple[int | None, str | None]:
+    """A refused frame's request id and sending node, where they are usable as such."""
+    return (rid if _is_request_id(rid) else None,
+            sender if isinstance(sender, str) and 0 < len(sender) <= 256 else None)
 
 
 #: What a stored value may be made of: CBOR's plain data and the safe tags' types.
@@ -354,13 +474,6 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
 }
 
 
-def _origin(head: dict[Any, Any]) -> tuple[int | None, str | None]:
-    """The request id and sending node an envelope's head names, if they are well-formed."""
-    rid, sender = head.get("id"), head.get("from")
-    return (rid if _is_request_id(rid) else None,
-            sender if isinstance(sender, str) and 0 < len(sender) <= 256 else None)
-
-
 def _is_request_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
 
@@ -375,6 +488,16 @@ class Message:
     sender: str | None = None
     #: wall-clock time after which the request is void (requests between nodes only)
     expires: float | None = None
+
+
+class Refused(WireError):
+    """A frame the codec refused, with what could be learnt of its origin without decoding
+    it again: the request to address the refusal to, and the node that sent it."""
+
+    def __init__(self, message: str, req_id: int | None, sender: str | None) -> None:
+        super().__init__(message)
+        self.req_id = req_id
+        self.sender = sender
 
 
 class Codec:
@@ -407,25 +530,30 @@ class Codec:
         return data
 
     def decode(self, frame: bytes) -> Message:
-        envelope = safe_loads(frame, self.max_bytes)
-        msg_type, req_id, sender, body = self._envelope(envelope)
-        self.check_body(msg_type, body)
+        """The checked message of ``frame``; raises :class:`Refused`.
+
+        The frame is decoded once. A refusal names the request and sender from the decoded
+        envelope when there is one, else from the item heads before the body (a frame
+        refused for something in its body still names the request to answer), never by
+        decoding the frame again.
+        """
+        try:
+            envelope = safe_loads(frame, self.max_bytes)
+        except WireError as exc:
+            head = _envelope_head(frame)
+            raise Refused(str(exc), *_origin(head.get("id"), head.get("from"))) from None
+        try:
+            msg_type, req_id, sender, body = self._envelope(envelope)
+            self.check_body(msg_type, body)
+        except WireError as exc:
+            found = envelope if isinstance(envelope, dict) else {}
+            raise Refused(str(exc), *_origin(found.get("id"), found.get("from"))) from None
         return Message(msg_type, body, req_id, sender, envelope.get("exp"))
 
     def request_id_of(self, frame: bytes) -> int | None:
-        """Best effort: the request id of a frame that failed validation, to address an error."""
-        return self.origin_of(frame)[0]
-
-    def origin_of(self, frame: bytes) -> tuple[int | None, str | None]:
-        """Best effort: the request id and sending node of a frame that failed validation.
-
-        Only the envelope's head is read, entry by entry, up to the body (which every
-        encoder puts last): a frame refused for something in its body (a value of a type
-        the store does not keep, say) still names the request to answer, and a hostile
-        body is not decoded a second time. A node's one-way message (a sender, no id) is
-        refused without a reply: nobody waits for one.
-        """
-        return _origin(_envelope_head(frame))
+        """The request id in the head of a frame that is not decoded (an answer to fail, one
+        of a message of too many frames): read from its item heads, never decoded."""
+        return _origin(_envelope_head(frame).get("id"), None)[0]
 
     def head_of(self, frame: bytes) -> tuple[str | None, int | None, str | None]:
         """Best effort, from the envelope's head alone: the message type, the request id
@@ -433,7 +561,8 @@ class Codec:
         body (see :mod:`dynamo_core.overload`)."""
         head = _envelope_head(frame)
         msg_type = head.get("t")
-        return (msg_type if isinstance(msg_type, str) else None, *_origin(head))
+        return (msg_type if isinstance(msg_type, str) else None,
+                *_origin(head.get("id"), head.get("from")))
 
     def _envelope(self, envelope: Any) -> tuple[str, int | None, str | None, dict[str, Any]]:
         if not isinstance(envelope, dict):

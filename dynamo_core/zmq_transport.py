@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import zmq
@@ -27,6 +28,7 @@ import zmq
 from .access import OPEN, Principal
 from .address import is_ipv6
 from .security import ZAP_ENDPOINT, Keyring, ZapHandler, secure_client, secure_server
+from .throttle import LogThrottle
 from .transport import BurstHandler, QueueHandler, ReplyHandler, RequestHandler, SendFailed
 from .wire import MAX_PARTS
 
@@ -37,7 +39,13 @@ FrameHandler = Callable[[list[bytes]], None]
 LINGER_MS = 200
 SEND_HWM = 10_000
 RECV_HWM = 10_000
-#: Messages handled per socket before yielding to the event loop (fairness, timers).
+#: Messages queued from one asker before ZeroMQ stops reading its connection: a node serves
+#: a few hundred a millisecond, and whatever waits here is memory an asker can fill with
+#: messages of up to MAX_PARTS frames each, faster than the node serves them.
+ROUTER_RECV_HWM = 1_000
+#: Requests handled per socket before yielding to the event loop (fairness, timers). Each
+#: frame of a message counts: a turn's answers wait for its end (group commit), so a sender
+#: of many-frame messages must not stretch a turn (256 messages of 64 frames: half a second).
 BATCH = 256
 # Plain ints: pyzmq's flags are enum members, and enum arithmetic on every message adds up.
 _EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
@@ -102,17 +110,20 @@ class SocketReader:
                 self._burst_end()
 
     def _read_burst(self) -> None:
-        """Hand over what the socket holds, up to BATCH messages (telling ``on_queue``
-        that some wait, and when none is left)."""
-        for i in range(BATCH):
+        """Hand over what the socket holds, up to BATCH requests (a ROUTER's message has
+        its asker's identity first), telling ``on_queue`` that some wait, and when none
+        is left."""
+        budget = BATCH
+        while budget > 0:
             try:
                 if not int(self.sock.getsockopt(_EVENTS)) & _POLLIN:
                     if self._on_queue is not None:
                         self._on_queue(False)
                     return
-                if i == 0 and self._on_queue is not None:
+                if budget == BATCH and self._on_queue is not None:
                     self._on_queue(True)
                 frames = self._receive()
+                budget -= max(1, len(frames) - 1)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -181,6 +192,8 @@ class ZmqTransport:
         #: frames waiting for flush(): requests by peer address, answers by node identity
         self._requests: dict[str, list[bytes]] = {}
         self._answers: dict[bytes, list[bytes]] = {}
+        #: an asker that never reads its answers is one line per 10 s, not one per answer
+        self._warnings = LogThrottle(log)
 
     def start(self, on_request: RequestHandler, on_reply: ReplyHandler,
               on_burst_end: BurstHandler | None = None,
@@ -189,6 +202,7 @@ class ZmqTransport:
         self._burst_end = on_burst_end
         router = self._ctx.socket(zmq.ROUTER)
         configure(router, self.max_bytes)
+        router.setsockopt(zmq.RCVHWM, ROUTER_RECV_HWM)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         allow_ipv6(router, self.listen)
         if self.keyring is not None:
@@ -244,8 +258,9 @@ class ZmqTransport:
         try:
             self._router.sock.send_multipart([identity, *frames], flags=_NOBLOCK)
         except zmq.Again:
-            log.warning("%s: %d answers dropped, send queue towards an asker is full",
-                        self.name, len(frames))
+            self._warnings.event(f"{self.name}: dropped answers", f"asker {identity.hex()}",
+                                 f"{len(frames)} answers, its send queue is full",
+                                 time.monotonic())
         self._router.sent()
 
     def send(self, address: str, frame: bytes) -> None:
@@ -266,6 +281,7 @@ class ZmqTransport:
         """Send the requests and node answers that wait, one message per peer."""
         requests, self._requests = self._requests, {}
         answers, self._answers = self._answers, {}
+        self._warnings.flush(time.monotonic())
         for address, frames in requests.items():
             dealer = self._dealers.get(address)
             if dealer is None:
@@ -274,8 +290,8 @@ class ZmqTransport:
                 try:
                     dealer.sock.send_multipart(chunk, flags=_NOBLOCK)
                 except zmq.ZMQError as exc:  # full since send() looked: they time out
-                    log.warning("%s: %d requests to %s dropped: %s", self.name, len(chunk),
-                                address, exc)
+                    self._warnings.event(f"{self.name}: dropped requests", address,
+                                         f"{len(chunk)} requests: {exc}", time.monotonic())
             dealer.sent()
         for identity, frames in answers.items():
             for chunk in _chunks(frames):

@@ -34,6 +34,7 @@ from dynamo_core.overload import (
     OverloadGuard,
     StandingQueue,
     TopCounts,
+    TrafficShares,
 )
 from dynamo_core.retry import Backoff, Retries
 from dynamo_core.wire import Codec
@@ -120,6 +121,26 @@ def test_top_counts_keep_the_heavy_hitters_in_bounded_memory():
     assert len(top.top(100)) == 4
 
 
+def test_traffic_shares_mark_the_senders_of_at_least_half_a_fair_share_as_heavy():
+    shares = TrafficShares(window=1.0, capacity=16)
+    for i in range(900):
+        shares.count(f"flood-{i % 9}".encode(), i / 1000)  # nine senders, 100 each
+    shares.count(b"light", 0.9)
+    assert all(shares.heavy(f"flood-{i}".encode(), 0.95) for i in range(9))
+    assert not shares.heavy(b"light", 0.95)
+    assert shares.heavy(b"never-seen-while-others-are-quiet", 5.0), "no traffic: all equal"
+
+
+def test_traffic_shares_forget_what_is_two_windows_old_and_stay_bounded():
+    shares = TrafficShares(window=1.0, capacity=4)
+    for i in range(1000):
+        shares.count(f"fresh-{i}".encode(), 0.5)
+    assert len(shares._current) == 5  # four principals and the shared "others"
+    assert shares.heavy(b"fresh-999", 0.6), "the crowd of newcomers is heavy together"
+    shares.count(b"later", 3.0)
+    assert not shares._previous and shares.heavy(b"later", 3.0)
+
+
 # ====================================================================== the guard
 
 
@@ -152,6 +173,17 @@ def test_behind_only_client_data_requests_are_refused_never_a_peers_or_an_operat
     assert stats["behind"] and stats["overloaded_refusals"] == 3
     assert stats["top_refused"] == [{"principal": b"c".hex(), "refused": 3}]
     assert len(lines) == 1 and "refusing client requests" in lines[0], "logged once"
+
+
+def test_behind_a_flood_a_light_client_is_served_and_the_flooders_are_refused():
+    g, _ = guard()
+    for i in range(2000):  # junk from two connections fills the queue
+        g.arrived(b"junk-1" if i % 2 else b"junk-2", i / 4000)
+    g.arrived(b"light", 0.4)
+    g.queue.observe(True, 0.3)
+    assert g.may_refuse(0.5)
+    assert g.screen(b"light", "put", None, 0.5) is None
+    assert isinstance(g.screen(b"junk-1", "get", None, 0.5), Busy)
 
 
 def test_refusals_are_logged_at_most_every_ten_seconds_with_a_count():

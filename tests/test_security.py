@@ -28,7 +28,7 @@ from dynamo_core.access import OPEN, REQUIRED_ROLE, ROLES, Principal, refusal
 from dynamo_core.config import SecuritySettings, from_mapping, load
 from dynamo_core.errors import ConfigError, Forbidden, Timeout
 from dynamo_core.security import (
-    RefusalLog,
+    MAX_REMEMBERED_REFUSALS,
     ZapHandler,
     client_keys,
     generate,
@@ -228,29 +228,38 @@ def test_the_zap_handler_lets_in_known_keys_as_themselves(tmp_path: Path) -> Non
     stranger = zmq.utils.z85.decode(zmq.curve_keypair()[0])
     assert handler.handle(_zap_request(stranger))[4] == b"400"
     assert handler.handle(_zap_request(b"", b"NULL"))[4] == b"400"
-    assert handler.refusals.refused == 1
+    assert handler.refused == 1
 
 
 def test_refused_keys_are_logged_once_per_key_per_minute(
-        caplog: pytest.LogCaptureFixture) -> None:
-    log = RefusalLog("n1", interval=60.0, limit=4)
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys = _keys(tmp_path, "cluster")
+    clock = [0.0]
+    handler = ZapHandler(load_keyring(SecuritySettings(str(keys / "cluster.key_secret"))),
+                         "n1", lambda: clock[0])
+    stranger = zmq.curve_keypair()[0]
     with caplog.at_level(logging.WARNING, logger="dynamo_core.security"):
         for t in range(30):  # one key knocking every second for half a minute
-            log.refused_key(b"K" * 40, "10.0.0.9", float(t))
-        log.refused_key(b"K" * 40, "10.0.0.9", 61.0)
+            clock[0] = float(t)
+            handler.handle(_zap_request(zmq.utils.z85.decode(stranger)))
+        clock[0] = 61.0
+        handler.handle(_zap_request(zmq.utils.z85.decode(stranger)))
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2
-    assert "K" * 40 in lines[0] and "(29 more times since)" in lines[1]
+    assert len(lines) == 2 and handler.refused == 31
+    assert f"unknown key from {stranger.decode()}" in lines[0]
+    assert "29 times in the last 61 s" in lines[1]
 
 
 def test_a_flood_of_fresh_keys_is_summarised_not_remembered(
-        caplog: pytest.LogCaptureFixture) -> None:
-    log = RefusalLog("n1", interval=60.0, limit=4)
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys = _keys(tmp_path, "cluster")
+    handler = ZapHandler(load_keyring(SecuritySettings(str(keys / "cluster.key_secret"))),
+                         "n1", lambda: 0.0)
     with caplog.at_level(logging.WARNING, logger="dynamo_core.security"):
-        for i in range(10_000):
-            log.refused_key(secrets.token_bytes(20).hex().encode()[:40], "x", i * 0.001)
-    assert len(log._seen) <= 4
-    assert len(caplog.records) <= 6  # four keys named, then one summary line per minute
+        for _ in range(2_000):
+            handler.handle(_zap_request(secrets.token_bytes(32)))
+    assert handler.refused == 2_000
+    assert len(caplog.records) <= MAX_REMEMBERED_REFUSALS + 1
 
 
 # ====================================================================== real processes
@@ -354,7 +363,7 @@ def test_an_unknown_client_key_is_refused_by_the_handshake_and_logged_once(
                 pytest.raises(Timeout, match="allows this client's key"):
             c.get("cart:alice")
     log = secured.nodes["n1"].log_path.read_text()
-    assert log.count(f"unknown key {eve_public}") == 1
+    assert log.count(f"unknown key from {eve_public}") == 1
 
 
 def test_a_client_without_keys_gets_nothing(secured: Cluster) -> None:
@@ -376,14 +385,14 @@ def test_a_node_with_an_unknown_key_is_not_let_in(secured: Cluster, keys: Path,
          str(config), "--data-dir", str(tmp_path / "rogue"), "--log-level", "warning"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: f"unknown key {rogue_public}" in
+        wait_for(lambda: f"unknown key from {rogue_public}" in
                  secured.nodes["n1"].log_path.read_text(), 10.0, "n1 to refuse the rogue")
         time.sleep(1.0)  # gossip rounds run five times a second: it keeps knocking
         with secured.client("n1") as c:
             members = {m["name"] for m in c.status(secured.address("n1"))["members"]}
         assert members == {"n1", "n2", "n3"}
         assert secured.nodes["n1"].log_path.read_text().count(
-            f"unknown key {rogue_public}") == 1
+            f"unknown key from {rogue_public}") == 1
     finally:
         stop_process(proc)
 

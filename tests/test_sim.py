@@ -119,6 +119,11 @@ def test_the_checker_finds_a_deleted_value_that_came_back_and_duplicate_answers(
 # ====================================================================== finding real bugs
 
 
+#: Seeds searched for a run that shows the bug; a few in ten do (11 and 18 here), which
+#: ones depends on every detail of the trace.
+BUG_HUNT_SEEDS = range(1, 21)
+
+
 def _stale_merge_dots(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 8's lost-cart-add bug, put back: the dot of a merge written back on read is
     the one the coordinator's replica suggested when the get *started*, not one issued when
@@ -146,15 +151,14 @@ def _stale_merge_dots(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_simulator_finds_issue_8s_lost_cart_add_when_its_fix_is_reverted(
         monkeypatch: pytest.MonkeyPatch) -> None:
     _stale_merge_dots(monkeypatch)
-    failing = [seed for seed in range(1, 6)
-               if simulate(Spec(seed=seed, ops=400, clients=6)).verdict.lost]
-    assert failing, "the stale-dot bug went unnoticed"
+    assert any(simulate(Spec(seed=seed, ops=400, clients=6)).verdict.lost
+               for seed in BUG_HUNT_SEEDS), "the stale-dot bug went unnoticed"
 
 
 def test_a_failure_shrinks_to_a_smaller_run_that_still_fails(
         monkeypatch: pytest.MonkeyPatch) -> None:
     _stale_merge_dots(monkeypatch)
-    spec = next(s for s in (Spec(seed=seed, ops=400, clients=6) for seed in range(1, 6))
+    spec = next(s for s in (Spec(seed=seed, ops=400, clients=6) for seed in BUG_HUNT_SEEDS)
                 if not simulate(s).ok)
     smaller, report = shrink(spec, simulate(spec))
     assert not report.ok
