@@ -2,8 +2,9 @@
 
 Requests arrive on the ROUTER (from clients and peers) and are answered through it; requests
 this node makes leave on the DEALER for that peer and their replies come back on the same
-DEALER. A DEALER's routing id is this node's name, and the ROUTER allows handover, so a peer
-that restarts under the same name takes its identity back at once.
+DEALER. A DEALER's routing id is left to ZeroMQ (a fresh one per connection), never the
+node's name: a ROUTER routes answers by routing id, and with names anyone connecting as
+``n2`` could take the answers meant for n2.
 
 ZeroMQ never says a peer is down: sends queue (up to a high-water mark) and reconnects are
 silent. Every wait is therefore bounded by the application's timeouts, ``MAXMSGSIZE`` drops
@@ -203,7 +204,6 @@ class ZmqTransport:
         router = self._ctx.socket(zmq.ROUTER)
         configure(router, self.max_bytes)
         router.setsockopt(zmq.RCVHWM, ROUTER_RECV_HWM)
-        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         allow_ipv6(router, self.listen)
         if self.keyring is not None:
             self._serve_zap(self.keyring)  # bound before any handshake can ask for it
@@ -306,7 +306,6 @@ class ZmqTransport:
         sock = self._ctx.socket(zmq.DEALER)
         configure(sock, self.max_bytes)
         sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.ROUTING_ID, self.name.encode("utf-8"))
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         allow_ipv6(sock, address)

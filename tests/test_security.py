@@ -500,3 +500,26 @@ def test_listening_beyond_loopback_with_security_is_quiet(tmp_path: Path, keys: 
     config.write_text(f'[security]\ncluster_key = "{keys / "cluster.key_secret"}"\n')
     text = _start_log_of_node(tmp_path, "--config", str(config))
     assert "with CURVE security" in text and "SECURITY IS OFF" not in text
+
+
+def test_a_client_cannot_take_the_answers_meant_for_a_node_by_claiming_its_routing_id(
+        cluster) -> None:
+    """A ROUTER routes answers by the routing id a connection chose. Were a node's own
+    connections named after it (with handover on), anyone connecting as ``n2`` would get
+    the answers n1 owes n2, and n2's puts would miss their quorum."""
+    cl = cluster(2)
+    ctx = zmq.Context()
+    rogue = ctx.socket(zmq.DEALER)
+    try:
+        rogue.setsockopt(zmq.ROUTING_ID, b"n2")
+        rogue.connect(cl.address("n1"))
+        rogue.send(Codec().encode("ping", {}, 1))
+        assert rogue.poll(5000), "the rogue's own ping got no answer"
+        rogue.recv()
+        with cl.client("n2") as c:
+            for i in range(5):
+                c.put(f"k{i}", i, w=2, node=cl.address("n2"))
+        assert not rogue.poll(200), "the rogue received an answer meant for n2"
+    finally:
+        rogue.close(0)
+        ctx.term()
