@@ -162,7 +162,8 @@ class Client:
 
 def _client_of(identity: bytes, msg: Message, now: float, principal: Principal) -> Client:
     if msg.type not in OBSERVED_OPS:
-        return Client(identity, msg.id, now, peer=msg.sender is not None, principal=principal)
+        return Client(identity, msg.id, now, principal=principal,
+                      peer=msg.sender is not None and principal.may_be_node)
     b = msg.body
     return Client(identity, msg.id, now, msg.type, b["bucket"], b["key"],
                   bool(b.get("forwarded")), principal=principal)
