@@ -252,14 +252,10 @@ def cmd_node(args: argparse.Namespace) -> str:
     _setup_logging(args.log_level)
     cfg = config_mod.load(args.config)
     data_dir = args.data_dir or os.path.join(DEFAULT_DATA_DIR, args.name)
-    keyring = None
-    if cfg.security is not None:
-        from .security import load_keyring
-        keyring = load_keyring(cfg.security)
     try:
         node = Node(args.name, args.listen, config=cfg, data_dir=data_dir,
                     seeds=tuple(args.seed), keep_stale_data=args.keep_data,
-                    advertise=args.advertise, keyring=keyring)
+                    advertise=args.advertise)
     except AddressError as exc:
         raise UsageError(str(exc)) from None
 

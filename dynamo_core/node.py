@@ -24,7 +24,7 @@ from .access import Principal
 from .address import AddressError, advertised, is_loopback, parse
 from .config import Config
 from .core import Await, CoreEffect, NodeCore
-from .security import Keyring
+from .security import load_keyring
 from .transport import Transport, carry_out
 from .zmq_transport import ZmqTransport
 
@@ -74,10 +74,11 @@ class Node:
     def __init__(self, name: str, listen: str, *, config: Config, data_dir: str | None = None,
                  seeds: tuple[str, ...] = (), rng: random.Random | None = None,
                  keep_stale_data: bool = False, transport: Transport | None = None,
-                 advertise: str | None = None, keyring: Keyring | None = None) -> None:
+                 advertise: str | None = None) -> None:
         self.name = name
         self.listen = listen
-        self.keyring = keyring
+        #: CURVE keys from ``[security]`` (read now: a bad key file stops the start)
+        self.keyring = load_keyring(config.security) if config.security else None
         #: the address peers and clients are told
         self.address = advertised(listen, advertise or config.advertise)
         check_resolves(self.address)
@@ -92,7 +93,7 @@ class Node:
                              stopwatch=time.monotonic)
         try:
             self.transport = transport or ZmqTransport(name, listen, config.max_message_bytes,
-                                                       keyring)
+                                                       self.keyring)
         except BaseException:
             self.core.close(clean=False)
             raise
