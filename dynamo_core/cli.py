@@ -484,7 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     if out:
-        print(out)
+        try:
+            print(out, flush=True)
+        except BrokenPipeError:  # the reader left early (`| head`): nothing went wrong here
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -441,3 +441,12 @@ def test_dynamo_cluster_exits_non_zero_when_every_node_dies(running_cluster):
     rc.proc.wait(timeout=15)
     assert rc.proc.returncode == 1
     wait_for(lambda: "every node of the cluster exited" in rc.output, 5, "the reason")
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path):
+    """`dynamo ... | head -1`: the pipe closes before everything is printed (here, before
+    anything is: `true` reads nothing)."""
+    command = f"{sys.executable} -m dynamo_core.cli keys generate a b c --dir {tmp_path}"
+    proc = subprocess.run(f"{command} | true; exit ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
