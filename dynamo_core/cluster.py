@@ -134,13 +134,16 @@ class LocalCluster:
 
     Data lives in a temporary directory removed on exit (or in ``data_dir``, kept). Entering
     waits until every node sees every other one up; leaving stops every process, however
-    the block ended.
+    the block ended. With a ``[security]`` section in the config, ``key`` is the secret key
+    file (a role of ``read`` or more) it asks the nodes with while it waits.
     """
 
     def __init__(self, nodes: int = 3, *, config_toml: str = "", data_dir: str | None = None,
-                 log_level: str = "warning", ready_timeout: float = 30.0) -> None:
+                 log_level: str = "warning", ready_timeout: float = 30.0,
+                 key: str | os.PathLike[str] | None = None) -> None:
         self.size = nodes
         self.config_toml = config_toml
+        self.key = key
         self.log_level = log_level
         self.ready_timeout = ready_timeout
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -182,7 +185,7 @@ class LocalCluster:
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
         problem: str | None = "no node answered yet"
-        with Client(self.addresses, timeout=1.0) as client:
+        with Client(self.addresses, timeout=1.0, key=self.key) as client:
             while time.monotonic() < deadline:
                 for name, proc in self.procs.items():
                     if proc.poll() is not None:

@@ -25,6 +25,7 @@ from conftest import Cluster, free_port, stop_process, wait_for
 
 from dynamo_core import Client
 from dynamo_core.access import OPEN, REQUIRED_ROLE, ROLES, Principal, refusal
+from dynamo_core.cluster import LocalCluster
 from dynamo_core.config import SecuritySettings, from_mapping, load
 from dynamo_core.errors import ConfigError, Forbidden, Timeout
 from dynamo_core.security import (
@@ -523,3 +524,12 @@ def test_a_client_cannot_take_the_answers_meant_for_a_node_by_claiming_its_routi
     finally:
         rogue.close(0)
         ctx.term()
+
+
+def test_a_local_cluster_runs_with_security_given_a_key(keys: Path) -> None:
+    config = (f'[security]\ncluster_key = "{keys / "cluster.key_secret"}"\n'
+              f'[security.clients]\nadmin = ["{keys / "ops.key"}"]\n')
+    with LocalCluster(2, config_toml=config, key=keys / "ops.key_secret") as cl, \
+            Client(cl.addresses, key=keys / "ops.key_secret") as c:
+        c.put("k", "v")
+        assert c.get("k").values == ["v"]
