@@ -66,6 +66,7 @@ import zmq
 from .client import AsyncClient
 from .errors import Busy, ConfigError, DynamoError, Unavailable
 from .node import run_loop
+from .progress import ProgressLine
 
 ECHO_READY = "ready"
 #: YCSB's zipfian constant.
@@ -819,27 +820,17 @@ class Progress:
             stop.set()
             thread.join()
             if self.tty:
-                self.stream.write("\r\x1b[K")
+                self.stream.write("\r\x1b[K")  # the bar goes: the phase's table follows
                 self.stream.flush()
 
     def _show(self, label: str, total: int, done: Callable[[], int],
               stop: threading.Event) -> None:
+        line = ProgressLine(f"dynamo bench: {label}", self.stream, self.quiet_every)
         began = time.monotonic()
-        interval = 0.2 if self.tty else self.quiet_every
-        while not stop.wait(interval):
+        while not stop.wait(0.2 if self.tty else self.quiet_every):
             count = min(done(), total)
             elapsed = time.monotonic() - began
-            rate = count / elapsed if elapsed else 0.0
-            if self.tty:
-                width = 24
-                filled = int(width * count / total) if total else width
-                bar = "#" * filled + "-" * (width - filled)
-                self.stream.write(f"\r\x1b[K{label} [{bar}] {count}/{total}  "
-                                  f"{rate:,.0f} ops/s  {elapsed:.0f}s")
-            else:
-                self.stream.write(f"dynamo bench: {label}: {count}/{total} ops, "
-                                  f"{rate:,.0f} ops/s, {elapsed:.0f}s\n")
-            self.stream.flush()
+            line.update(count, total, f"ops, {count / elapsed if elapsed else 0.0:,.0f} ops/s")
 
 
 # ====================================================================== raw floor
