@@ -98,7 +98,8 @@ class Exporter:
 
     def __init__(self, node: NodeAPI, listen: tuple[str, int]) -> None:
         self.requests = RequestStats()
-        # Weak: the module keeps exporters in a mapping weakly keyed by their node.
+        # Weak: exporters are kept in a mapping weakly keyed by their node, which a strong
+        # reference from here would keep alive for good.
         self._node = weakref.ref(node)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
