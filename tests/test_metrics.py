@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -173,6 +174,41 @@ def test_the_endpoint_serves_from_its_own_thread_and_closes_when_the_node_stops(
     assert refused(port)  # closed by the time stop() returned
     with pytest.raises(urllib.error.URLError):
         scrape(port)
+
+
+def test_peer_states_follow_the_failure_detector() -> None:
+    port = free_port()
+    settings = {"storage": {"engine": "memory"},
+                "cluster": {"gossip_interval": 0.1, "heartbeat_interval": 0.1},
+                "failure_detector": {"plugin": "timeout", "silence_timeout": 0.3}}
+    n1 = Node("p1", f"tcp://127.0.0.1:{free_port()}", data_dir=None, config=from_mapping(
+        {**settings, "metrics": {"listen": f"127.0.0.1:{port}"}}))
+    n2 = Node("p2", f"tcp://127.0.0.1:{free_port()}", data_dir=None,
+              config=from_mapping(settings), seeds=(n1.listen,))
+
+    async def state_of_p2(wanted: str) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            samples = await asyncio.to_thread(scrape, port)
+            if any(s.name == "dynamo_peer_state" and s.labels == {"peer": "p2", "state": wanted}
+                   and s.value == 1 for s in samples):
+                return
+            await asyncio.sleep(0.1)
+        pytest.fail(f"p1's scrape never showed p2 {wanted}")
+
+    async def scenario() -> None:
+        await n1.start()
+        try:
+            await n2.start()
+            try:
+                await state_of_p2("up")
+            finally:
+                await n2.stop()
+            await state_of_p2("suspect")  # silent past silence_timeout
+        finally:
+            await n1.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("[::1]", marks=pytest.mark.skipif(
