@@ -45,16 +45,25 @@ def parse(address: str) -> Endpoint:
 
     if not address.startswith(SCHEME):
         raise bad(f"it must start with {SCHEME}")
-    host, sep, port = address[len(SCHEME):].rpartition(":")
+    try:
+        return split_host_port(address[len(SCHEME):])
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+
+
+def split_host_port(text: str) -> Endpoint:
+    """Split ``HOST:PORT`` (an IPv6 host in brackets); raises ValueError saying what is
+    wrong. Node addresses and the metrics endpoint (``[metrics] listen``) share it."""
+    host, sep, port = text.rpartition(":")
     if not sep:
-        raise bad("no :PORT")
+        raise ValueError("no :PORT")
     if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-        raise bad("the port must be a number from 1 to 65535")
+        raise ValueError("the port must be a number from 1 to 65535")
     bracketed = host.startswith("[") and host.endswith("]")
     if bracketed:
         host = host[1:-1]
     elif ":" in host:
-        raise bad("an IPv6 address goes in brackets, like tcp://[::1]:7101")
+        raise ValueError("an IPv6 address goes in brackets, like [::1]:7101")
     return Endpoint(host, int(port), ":" in host)
 
 

@@ -242,6 +242,9 @@ class NodeAPI(Protocol):
     address: str
     #: randomness for plugins, seeded per node (tests can make it deterministic)
     rng: Random
+    #: ``[metrics] listen`` of the config as (host, port), or None: where the node's
+    #: metrics are to be served (by the built-in ``prometheus`` plugin)
+    metrics_listen: tuple[str, int] | None
 
     def now(self) -> float:
         """The node's clock, in seconds (wall clock)."""
@@ -366,3 +369,9 @@ class RequestEvent:
     #: True when another node forwarded the request here (a put to a non-home node): the
     #: forwarding node reports the same request too
     forwarded: bool = False
+    #: a get answered "ok": how many siblings it returned (after the bucket's resolver
+    #: merged them); None otherwise
+    siblings: int | None = None
+    #: an "ok" answer: how many entries the context it returned has (vector entries and
+    #: out-of-order dots; truncated past ``[limits] max_clock_entries``); None otherwise
+    clock_entries: int | None = None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .access import CLIENT_ROLES
-from .address import AddressError, parse
+from .address import AddressError, parse, split_host_port
 from .errors import ConfigError
 from .overload import OverloadConfig
 from .wire import DEFAULT_MAX_MESSAGE_BYTES, MAX_BUCKET_CHARS, is_bucket_name
@@ -100,6 +100,9 @@ class Config:
     security: SecuritySettings | None = None
     #: [overload] and [admission]: what a node refuses at once (see overload.py)
     overload: OverloadConfig = field(default_factory=OverloadConfig)
+    #: [metrics] listen: (host, port) where the node serves Prometheus metrics (the
+    #: built-in ``prometheus`` plugin does); None: no metrics endpoint
+    metrics_listen: tuple[str, int] | None = None
 
     def bucket(self, name: str) -> BucketConfig:
         """A bucket's settings; buckets not in the file use the cluster's quorum."""
@@ -110,7 +113,7 @@ class Config:
 
 _SECTIONS = {"cluster", "node", "storage", "failure_detector", "partitioning", "buckets",
              "plugins", "limits", "handoff", "anti_entropy", "background", "tombstones",
-             "extensions", "security", "overload", "admission"}
+             "extensions", "security", "overload", "admission", "metrics"}
 _CLUSTER_KEYS = {"n", "r", "w", "request_timeout", "gossip_interval", "heartbeat_interval"}
 #: section -> TOML key -> Config field, for the plain numeric settings
 _NUMERIC = {
@@ -195,6 +198,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "config",
         extensions=_extensions(data, source),
         security=_security(data, source, Path(base_dir or ".")),
         overload=_overload(data, source),
+        metrics_listen=_metrics_listen(data, source),
     )
     config = replace(config, **_numeric_sections(data, defaults, source))
     if config.tombstone_grace <= config.handoff_max_age:
@@ -313,6 +317,31 @@ def _advertise(node: Mapping[str, Any], source: str) -> str | None:
     except AddressError as exc:
         raise ConfigError(f"{source} [node] advertise: {exc}") from None
     return value
+
+
+def _metrics_listen(data: Mapping[str, Any], source: str) -> tuple[str, int] | None:
+    """[metrics] listen, ``HOST:PORT``: whether it can be bound is the plugin's check when
+    the node starts."""
+    table = _table(data, "metrics", source)
+    _no_unknown(table, {"listen"}, f"{source} [metrics]")
+    value = table.get("listen")
+    if value is None:
+        return None
+    where = f"{source} [metrics] listen"
+    if not isinstance(value, str):
+        raise ConfigError(f'{where} must be "HOST:PORT" (text), like "127.0.0.1:9101", '
+                          f"got {value!r}")
+    try:
+        endpoint = split_host_port(value)
+    except ValueError as exc:
+        raise ConfigError(f'{where} {value!r} is not HOST:PORT like "127.0.0.1:9101" '
+                          f"({exc})") from None
+    if endpoint.host in ("", "*"):
+        raise ConfigError(f'{where} {value!r} names no host: give one, or "0.0.0.0:PORT" '
+                          f'("[::]:PORT") to listen on every interface')
+    return endpoint.host, endpoint.port
+
+
 def _overload(data: Mapping[str, Any], source: str) -> OverloadConfig:
     """``[overload]`` (standing queue, requests in flight) and ``[admission]`` (per client)."""
     overload = _table(data, "overload", source)

@@ -1010,8 +1010,7 @@ class NodeCore:
             frame = self.codec.encode(msg_type, body, client.req_id, self.name)
         self._emit(Answer(client.identity, frame, client.peer))
         if client.op is not None:
-            self.extensions.request_completed(
-                client, "ok" if msg_type != "error" else body["code"], self._stopwatch())
+            self.extensions.request_completed(client, msg_type, body, self._stopwatch())
 
     def answer_error(self, client: Client, exc: DynamoError) -> None:
         body = errors.to_wire(exc)
@@ -1307,6 +1306,7 @@ class NodeCore:
             "hinted_writes": self.coordinator.hinted_writes,
             "failure_detector": self.config.failure_detector["plugin"],
             "malformed_frames": self.malformed_frames,
+            "forbidden_requests": self.forbidden_requests,
             "loop_failures": loop_failures,
             "dot_conflicts": self.store.dot_conflicts,
             "expired_requests": self.expired_requests,

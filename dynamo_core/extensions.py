@@ -43,6 +43,7 @@ from .api import (
 from .config import Config
 from .errors import ConfigError, DynamoError, Overloaded, Timeout, WireError
 from .plugins import Registry, call_order
+from .versions import context_entries
 from .wire import Codec, Message
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class NodeHandle:
         self.name = host.name
         self.address = host.address
         self.rng = host.rng
+        self.metrics_listen = host.config.metrics_listen
 
     def now(self) -> float:
         return self._host.wall()
@@ -321,12 +323,17 @@ class Extensions:
         for impl in call_order(self.pm, hook_name):
             self._call_impl(impl, hook_name, {"node": self.api, **kwargs})
 
-    def request_completed(self, client: Any, outcome: str, now: float) -> None:
-        """Tell observers a client request was answered (``outcome``: "ok" or error code)."""
+    def request_completed(self, client: Any, msg_type: str, body: Mapping[str, Any],
+                          now: float) -> None:
+        """Tell observers a client request was answered with ``msg_type`` and ``body``."""
         if not self._observers or client.op is None:
             return
+        ok = msg_type != "error"
+        siblings = body.get("siblings") if ok else None
         event = RequestEvent(client.op, client.bucket, client.key, now - client.arrived,
-                             outcome, client.forwarded)
+                             "ok" if ok else body["code"], client.forwarded,
+                             siblings=None if siblings is None else len(siblings),
+                             clock_entries=context_entries(body["context"]) if ok else None)
         for impl in self._observers:
             self._call_impl(impl, "dynamo_request_completed", {"node": self.api,
                                                                "event": event})

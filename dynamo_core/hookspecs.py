@@ -107,4 +107,5 @@ def dynamo_membership_changed(node: NodeAPI, members: Sequence[PeerView]) -> Non
 
 @hookspec
 def dynamo_request_completed(node: NodeAPI, event: RequestEvent) -> None:
-    """A client request (get, put, delete) this node answered: op, latency and outcome."""
+    """A client request (get, put, delete) this node answered: op, latency and outcome, and
+    for a get, the siblings and the context size it returned."""

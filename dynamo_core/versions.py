@@ -404,6 +404,12 @@ def decode_context(context: bytes | str | None) -> Clock:
     return Clock.from_wire(entries)
 
 
+def context_entries(context: bytes) -> int:
+    """The entries (vector and dots) of a context this node encoded, counted without
+    building its clock: observers are told it on every answer, so it must be cheap."""
+    return len(cbor2.loads(context)[1])
+
+
 def context_text(context: bytes) -> str:
     """The base64 text form the CLI prints and accepts back with ``--context``."""
     return base64.b64encode(context).decode("ascii")

@@ -345,6 +345,34 @@ def test_a_bad_node_advertise_is_refused(tmp_path, value, words):
     refuses(tmp_path, f"[node]\nadvertise = {value}\n", "[node]", "advertise", *words)
 
 
+@pytest.mark.parametrize("value, expected", [
+    ('"127.0.0.1:9101"', ("127.0.0.1", 9101)),
+    ('"0.0.0.0:9101"', ("0.0.0.0", 9101)),
+    ('"[::1]:9101"', ("::1", 9101)),
+    ('"metrics.example:80"', ("metrics.example", 80)),
+], ids=["loopback", "every-interface", "ipv6", "name"])
+def test_metrics_listen_is_where_the_node_serves_prometheus_metrics(tmp_path, value, expected):
+    assert load(None).metrics_listen is None
+    assert load(write(tmp_path, "[metrics]\n")).metrics_listen is None
+    assert load(write(tmp_path, f"[metrics]\nlisten = {value}\n")).metrics_listen == expected
+
+
+@pytest.mark.parametrize("content, words", [
+    ("[metrics]\nlisten = 9101\n", ['must be "HOST:PORT" (text)', "got 9101"]),
+    ('[metrics]\nlisten = "9101"\n', ["'9101' is not HOST:PORT", "no :PORT"]),
+    ('[metrics]\nlisten = "127.0.0.1:0"\n', ["port must be a number from 1 to 65535"]),
+    ('[metrics]\nlisten = "127.0.0.1:70000"\n', ["port must be a number from 1 to 65535"]),
+    ('[metrics]\nlisten = "127.0.0.1:http"\n', ["port must be a number from 1 to 65535"]),
+    ('[metrics]\nlisten = "::1:9101"\n', ["IPv6 address goes in brackets"]),
+    ('[metrics]\nlisten = ":9101"\n', ["names no host", '"0.0.0.0:PORT"']),
+    ("[metrics]\nport = 9101\n", ["unknown setting(s) port", "known: listen"]),
+    ("metrics = '127.0.0.1:9101'\n", ["[metrics] must be a table"]),
+], ids=["number", "no-port", "port-zero", "port-too-big", "port-name", "bare-ipv6", "no-host",
+        "unknown-key", "not-a-table"])
+def test_a_bad_metrics_listen_is_refused_with_what_is_wrong(tmp_path, content, words):
+    refuses(tmp_path, content, "[metrics]", *words)
+
+
 @pytest.mark.parametrize("value", ['"my.plugins"', "[1, 2]", '["ok", 3]', '[""]', "true"],
                          ids=["text", "ints", "mixed", "empty-name", "bool"])
 def test_plugin_modules_must_be_a_list_of_import_paths(tmp_path, value):

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,7 @@ def test_extension_message_types_are_registered_and_answered_sync_and_async() ->
     async def scenario() -> None:
         async with running(make_node("x1", "probe")) as nodes, client(nodes.nodes[0]) as c:
             node = nodes.nodes[0]
-            assert (await c.status())["extensions"] == ["probe"]
+            assert (await c.status())["extensions"] == ["probe", "prometheus"]
             body = {"text": "hello", "n": 3}
             # A client sent it: the handler sees no sender.
             assert await c.request("probe.echo", body) == {**body, "sender": None}
@@ -213,7 +214,8 @@ def test_every_node_registers_the_extension_and_node_api_call_reaches_a_peer() -
             await converged(a, b)
             async with client(a) as c:
                 for node in (a, b):
-                    assert (await c.status(node.listen))["extensions"] == ["probe"]
+                    assert (await c.status(node.listen))["extensions"] == ["probe",
+                                                                        "prometheus"]
                 ask = {"peer": "cb", "type": "probe.echo", "body": {"text": "hi"}}
                 reply = await until(lambda: c.request("probe.ask", ask), 5, "a call a -> b")
                 # The peer answered, and saw who called.
@@ -661,6 +663,9 @@ def test_request_completed_once_per_client_request_with_its_outcome() -> None:
         for e in reported:
             assert (e["bucket"], e["key"], e["forwarded"]) == ("fruit", "apple", False)
             assert 0 < e["latency"] < 1.0
+        # siblings: a get's answer only; clock entries: any answer with a context
+        assert [(e["siblings"], e["clock_entries"]) for e in reported] == [
+            (None, 1), (1, 1), (None, 1), (None, None)]
 
     run(scenario())
 
@@ -752,7 +757,7 @@ def test_node_processes_load_extensions_from_config_and_call_each_other(procs) -
     with Client(procs.addresses, timeout=3.0) as c:
         for address in (n1, n2):
             assert c.status(address)["extensions"] == ["keycount", "metrics", "probe",
-                                                       "recorder"]
+                                                       "prometheus", "recorder"]
         # n1's socket towards n2 may still be reconnecting just after start-up: retry.
         reply = wait_for(lambda: c.request("probe.ask", {
             "peer": "n2", "type": "probe.async_echo", "body": {"text": "across"}}, node=n1),
@@ -786,7 +791,7 @@ def test_cli_request_prints_the_reply_body_as_json(procs) -> None:
     done = dynamo("status", "--node", n1, "--json")
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
-    assert status["extensions"] == ["keycount", "metrics", "probe", "recorder"]
+    assert status["extensions"] == ["keycount", "metrics", "probe", "prometheus", "recorder"]
     assert status["plugin_errors"] == 0
 
 
@@ -817,10 +822,13 @@ def test_cli_plugins_lists_extensions_and_event_hooks_of_configured_modules(
         doc["protocol extension"]
     assert {"name": "metrics", "plugin": "metrics", "from": from_config} in \
         doc["protocol extension"]
+    built_in = ("prometheus", f"dynamo-py {version('dynamo-py')}")  # the metrics endpoint
     for hook in ("dynamo_node_started", "dynamo_node_stopping", "dynamo_membership_changed",
                  "dynamo_request_completed"):
-        assert [e["plugin"] for e in doc[hook]] == ["metrics"], (hook, doc[hook])
-        assert doc[hook][0]["from"] == from_config
+        # the config's module first (registered last), then the built-in, if it listens
+        expected = [("metrics", from_config)] + (
+            [] if hook == "dynamo_membership_changed" else [built_in])
+        assert [(e["plugin"], e["from"]) for e in doc[hook]] == expected, (hook, doc[hook])
     # The table shows the same rows.
     done = dynamo("plugins", "--config", str(cfg))
     assert done.returncode == 0, done.stderr
@@ -841,7 +849,7 @@ def test_keycount_demo_runs_end_to_end() -> None:
                           stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "extensions on n1: ['keycount']" in out
+    assert "extensions on n1: ['keycount', 'prometheus']" in out
     assert "wrote 300 keys" in out
     assert "keycount.total from n1: 900 replicas on 3 nodes" in out
     assert "about 300 distinct keys" in out

@@ -90,4 +90,5 @@ def dynamo_membership_changed(node: NodeAPI, members: Sequence[PeerView]) -> Non
 @hookimpl
 def dynamo_request_completed(node: NodeAPI, event: RequestEvent) -> None:
     _log(node, "request", op=event.op, bucket=event.bucket, key=event.key,
-         latency=event.latency, outcome=event.outcome, forwarded=event.forwarded)
+         latency=event.latency, outcome=event.outcome, forwarded=event.forwarded,
+         siblings=event.siblings, clock_entries=event.clock_entries)
