@@ -20,9 +20,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import config as config_mod
+from . import transfers
 from .address import AddressError, parse
 from .client import DEFAULT_BUCKET, Client
 from .errors import ConfigError, DynamoError
+from .progress import ProgressLine
 from .versions import context_text
 
 DEFAULT_NODE = os.environ.get("DYNAMO_NODE", "tcp://127.0.0.1:7101")
@@ -182,6 +184,9 @@ def cmd_preflist(args: argparse.Namespace) -> str:
 def cmd_join(args: argparse.Namespace) -> str:
     with _client(args) as c:
         c.join(args.node, args.seed, keep_data=args.keep_data)
+    if args.wait:
+        return _followed(args, "join", lambda ask, line, deadline: transfers.follow_join(
+            ask, args.node, line, deadline))
     return _dump({"joined": args.node, "seed": args.seed}) if args.json else \
         f"{args.node} is joining the cluster of {args.seed}"
 
@@ -189,6 +194,9 @@ def cmd_join(args: argparse.Namespace) -> str:
 def cmd_leave(args: argparse.Namespace) -> str:
     with _client(args) as c:
         c.leave(args.node)
+    if args.wait:
+        return _followed(args, "leave", lambda ask, line, deadline: transfers.follow_leave(
+            ask, args.node, line, deadline))
     return _dump({"leaving": args.node}) if args.json else \
         f"{args.node} is handing its ranges off; it exits when done"
 
@@ -196,8 +204,23 @@ def cmd_leave(args: argparse.Namespace) -> str:
 def cmd_remove(args: argparse.Namespace) -> str:
     with _client(args) as c:
         c.remove(args.name, args.node)
+    if args.wait:
+        return _followed(args, "remove", lambda ask, line, deadline: transfers.follow_remove(
+            ask, args.node, args.name, line, deadline))
     return _dump({"removed": args.name}) if args.json else \
         f"{args.name} removed; its ranges are being rebuilt from the other replicas"
+
+
+def _followed(args: argparse.Namespace, change: str,
+              follow: Callable[[transfers.Ask, ProgressLine, float], str]) -> str:
+    """Follow a membership change to its end (``--wait``), progress on stderr."""
+    line = ProgressLine(f"dynamo {change}")
+    deadline = time.monotonic() + args.wait_timeout
+    with Client(args.node, timeout=transfers.ASK_TIMEOUT, key=args.key_file or None,
+                server_key=args.server_key_file or None, route=False) as c:
+        outcome = follow(lambda address: c.status(node=address), line, deadline)
+    line.finish("done")
+    return _dump({"done": outcome}) if args.json else outcome
 
 
 def cmd_plugins(args: argparse.Namespace) -> str:
@@ -333,6 +356,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _wait_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true",
+                   help="follow the change to its end, with its progress on stderr")
+    p.add_argument("--wait-timeout", type=_positive(float), default=600.0, metavar="S",
+                   help="with --wait: give up after S seconds (exit 1; default 600)")
+
+
 def _key_arguments(p: argparse.ArgumentParser) -> None:
     """How a client command authenticates to a cluster that runs with security."""
     p.add_argument("--key", dest="key_file", default=os.environ.get("DYNAMO_KEY"),
@@ -424,9 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-data", action="store_true",
                    help="a node that was removed keeps the replicas it held (by default it "
                         "rejoins empty: they could resurrect deletes)")
-    command("leave", cmd_leave, "the node at --node hands its ranges off, then exits")
+    _wait_arguments(p)
+    p = command("leave", cmd_leave, "the node at --node hands its ranges off, then exits")
+    _wait_arguments(p)
     p = command("remove", cmd_remove, "remove a dead node; its data is rebuilt elsewhere")
     p.add_argument("name", metavar="NAME")
+    _wait_arguments(p)
     p = command("keys", cmd_keys, "generate CURVE key pairs for a cluster with security",
                 client=False)
     p.add_argument("action", choices=["generate"], help="generate: write NAME.key (public) "

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dynamo_core"
 #: Where the core meets the world: sockets, event loops, processes, the terminal, clients.
 EDGES = {"node", "transport", "zmq_transport", "security", "client", "cli", "cluster", "bench",
-         "progress",
+         "progress", "transfers",
          "__init__", "__main__"}
 FORBIDDEN = {"zmq", "asyncio", "time", "secrets"}
 

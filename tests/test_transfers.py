@@ -1,0 +1,96 @@
+"""`dynamo join/leave/remove --wait`: a membership change followed to its end, with its
+progress as plain lines when stderr is not a terminal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import Cluster, status
+from test_membership_changes import start_without_seeds
+
+from dynamo_core.progress import ProgressLine
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.cluster]
+
+FAST = {"anti_entropy": {"interval": 0.1}}
+
+
+def dynamo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dynamo_core.cli", *args],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+
+def test_join_leave_and_remove_wait_for_their_end_and_show_plain_progress(cluster) -> None:
+    cl: Cluster = cluster(3, config=FAST)
+    with cl.client() as c:
+        for i in range(200):
+            c.put(f"k{i}", i)
+    start_without_seeds(cl, "n4")
+
+    joined = dynamo("join", "--node", cl.address("n4"), "--seed", cl.address("n1"), "--wait")
+    assert joined.returncode == 0, joined.stderr
+    assert "n4 joined: it is up and its ranges are filled" in joined.stdout
+    assert "\x1b" not in joined.stderr and "dynamo join: done" in joined.stderr
+    n4 = status(cl, "n4")
+    assert n4["anti_entropy"]["ranges_filling"] == 0
+    assert {m["name"]: m["status"] for m in n4["members"]}["n4"] == "up"
+
+    left = dynamo("leave", "--node", cl.address("n4"), "--wait")
+    assert left.returncode == 0, left.stderr
+    assert "n4 left: it handed its ranges over and exited" in left.stdout
+    assert cl.nodes["n4"].proc is not None and cl.nodes["n4"].proc.wait(timeout=30) == 0
+
+    cl.kill("n3")
+    removed = dynamo("remove", "n3", "--node", cl.address("n1"), "--wait")
+    assert removed.returncode == 0, removed.stderr
+    assert "n3 removed: its ranges are rebuilt" in removed.stdout
+    for name in ("n1", "n2"):
+        assert {m["name"]: m["status"] for m in status(cl, name)["members"]}["n3"] == "removed"
+    with cl.client("n1", "n2") as c:
+        assert [c.get(f"k{i}").values for i in range(0, 200, 20)] == \
+            [[i] for i in range(0, 200, 20)]
+
+
+def test_a_wait_that_runs_out_of_time_says_what_was_not_done(cluster) -> None:
+    # No anti-entropy rounds: a leaving node never gets to hand its keys over.
+    cl: Cluster = cluster(2, config={"anti_entropy": {"interval": 1e6}})
+    with cl.client() as c:
+        c.put("k", 1)
+    result = dynamo("leave", "--node", cl.address("n2"), "--wait", "--wait-timeout", "2")
+    assert result.returncode == 1
+    assert "the leave of n2 was not done when --wait-timeout ran out" in result.stderr
+    assert "keys and hints left to hand over" in result.stderr  # its progress, meanwhile
+
+
+class _Terminal:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_progress_line_is_a_bar_on_a_terminal_and_sparse_plain_lines_in_a_log() -> None:
+    clock = [0.0]
+    terminal = _Terminal()
+    line = ProgressLine("dynamo leave", terminal, clock=lambda: clock[0])  # type: ignore[arg-type]
+    line.update(3, 12, "keys left")
+    assert "\r\x1b[Kdynamo leave [######------------------] 3/12" in terminal.text
+    log = _Terminal()
+    log.isatty = lambda: False  # type: ignore[method-assign]
+    line = ProgressLine("dynamo leave", log, plain_every=10, clock=lambda: clock[0])  # type: ignore[arg-type]
+    for t in range(25):
+        clock[0] = float(t)
+        line.update(t, 25, "keys left")
+    line.finish("done")
+    lines = log.text.splitlines()
+    assert lines == ["dynamo leave: 0/25 keys left (0s)", "dynamo leave: 10/25 keys left (10s)",
+                     "dynamo leave: 20/25 keys left (20s)", "dynamo leave: done (24s)"]
