@@ -149,12 +149,24 @@ class AntiEntropy:
         #: was given them by a ring change): until one exchange with another replica of the
         #: range, its "not found" for a key there is weak evidence (it says so in replies)
         self.filling: set[Slot] = set()
+        #: told to join and no peer known yet (see refill)
+        self._newcomer = False
 
     # ================================================================== trees
 
     def factors(self) -> list[int]:
         config = self.config
         return sorted({config.n, *(b.n for b in config.buckets.values())})
+
+    def refill(self) -> None:
+        """Count every range this node replicates as filling (it was told to join: what it
+        holds need not be what the cluster holds for them), and keep them filling while it
+        knows no peer yet: alone, its ranges have nobody to be compared with, which would
+        otherwise count them filled before the cluster's gossip arrives."""
+        self.refresh()
+        self.filling = {(n, t.start, t.end) for n, trees in self.trees.items()
+                        for t in trees.trees()}
+        self._newcomer = True
 
     def refresh(self) -> None:
         """Rebuild the trees when the ring changed (a join, a leave, a removal).
@@ -334,6 +346,10 @@ class AntiEntropy:
     async def exchange_with_next_peer(self) -> None:
         # A range no other node replicates has nobody to be compared with (N=1, or a
         # one-node ring): what it gets comes by range transfer, and it counts as filled.
+        if self._newcomer:
+            if not self._peer_names:
+                return  # told to join and still alone: see refill
+            self._newcomer = False
         me = self.name
         self.filling = {slot for slot in self.filling
                         if any(p != me for p in self.replicas.get(slot[0], {})

@@ -1167,11 +1167,23 @@ class NodeCore:
         # removed and told to join at once, it would otherwise learn of the removal next
         # and stay out for good.
         self.membership.join_again()
+        self._enter_as_newcomer()
         self._save_identity()
         self._emit(Connect(seed))
         self.spawn("join", self._gossip_soon(seed))
         self.log.info("joining the cluster through %s", seed)
         self.answer(client, "join_ok", {})
+
+    def _enter_as_newcomer(self) -> None:
+        """Told to join, a node is a newcomer to the cluster's data, whatever it holds: alone
+        it was "up" in a ring of its own, owner of every range (empty ones included), and
+        those ranges would stay its own after the join, its "not found" counting for reads.
+        It is joining instead, every range it replicates filling until anti-entropy has
+        compared it with another replica (then it is up, see ranges_filled)."""
+        self.starts_empty = True
+        if self.membership.me.status == "up":
+            self.membership.update_me(status="joining")
+        self.anti_entropy.refill()
 
     async def _gossip_soon(self, address: str) -> None:
         await tasks.sleep(CONNECT_SECONDS)

@@ -3,14 +3,18 @@ progress as plain lines when stderr is not a terminal."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 
 import pytest
-from conftest import Cluster, status
+from conftest import Cluster, status, wait_for
 from test_membership_changes import start_without_seeds
 
+from dynamo_core import config as config_mod
+from dynamo_core.core import NodeCore
 from dynamo_core.progress import ProgressLine
+from dynamo_core.wire import Codec
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.cluster]
 
@@ -94,3 +98,40 @@ def test_a_progress_line_is_a_bar_on_a_terminal_and_sparse_plain_lines_in_a_log(
     lines = log.text.splitlines()
     assert lines == ["dynamo leave: 0/25 keys left (0s)", "dynamo leave: 10/25 keys left (10s)",
                      "dynamo leave: 20/25 keys left (20s)", "dynamo leave: done (24s)"]
+
+
+def test_a_node_told_to_join_is_joining_until_its_ranges_are_filled(cluster) -> None:
+    """A node started alone is "up" in a ring of its own; told to join a cluster it is a
+    newcomer, whose "not found" must not count until anti-entropy filled its ranges. With no
+    anti-entropy rounds it stays joining, its ranges filling."""
+    cl: Cluster = cluster(3, config={"anti_entropy": {"interval": 1e6}})
+    start_without_seeds(cl, "n4")
+    joined = dynamo("join", "--node", cl.address("n4"), "--seed", cl.address("n1"))
+    assert joined.returncode == 0, joined.stderr
+    def knows_the_cluster() -> dict | None:
+        n4 = status(cl, "n4")
+        return n4 if len(n4["members"]) == 4 else None
+
+    n4 = wait_for(knows_the_cluster, 15, "n4 to learn the cluster")
+    assert {m["name"]: m["status"] for m in n4["members"]}["n4"] == "joining"
+    assert n4["anti_entropy"]["ranges_filling"] > 0
+
+
+def test_told_to_join_a_node_alone_stays_joining_until_it_hears_from_the_cluster() -> None:
+    """Alone (the seed has not answered yet), its ranges have nobody to be compared with:
+    they must not count as filled meanwhile, or it would be up and empty once it learns
+    the cluster. Anti-entropy rounds run (timers fire) but no frame ever arrives."""
+    config = config_mod.from_mapping({"storage": {"engine": "memory"},
+                                      "anti_entropy": {"interval": 0.1}})
+    core = NodeCore("n4", "tcp://n4.test:1", config=config, rng=random.Random(4),
+                    wall_clock=lambda: 1_800_000_000.0)
+    core.start(0.0)
+    core.receive(b"client", [Codec().encode("join", {"seed": "tcp://n1.test:1"}, 1)], 0.1)
+    now = 0.1
+    while now < 3.0:
+        now = max(core.next_timer() or now + 0.1, now + 0.01)
+        core.handle_timer(now)
+    me = next(m for m in core.status_document()["members"] if m["name"] == "n4")
+    assert me["status"] == "joining"
+    assert core.status_document()["anti_entropy"]["ranges_filling"] > 0
+    core.close()
