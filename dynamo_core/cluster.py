@@ -238,6 +238,9 @@ def _say(text: str) -> None:
 
 def run_cluster(count: int, base_port: int, data_dir: str, config: str | None,
                 log_level: str, restart: bool = True) -> str:
+    """``dynamo cluster``: check the ports, start the nodes, announce them once the cluster
+    is ready, keep them running (``restart``) until Ctrl-C or SIGTERM, then stop them all.
+    Raises OSError (exit status 1) when a port is taken or a node dies while starting."""
     addresses = local_addresses(base_port, count)
     check_ports_free(addresses)
     keys = _cluster_keys(config)

@@ -27,7 +27,8 @@ from conftest import (
 )
 
 from dynamo_core.client import Client
-from dynamo_core.readiness import STATUS_MEANINGS
+from dynamo_core.membership import Member
+from dynamo_core.readiness import STATUS_MEANINGS, Facts, not_ready
 from dynamo_core.sim import SimCluster
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.cluster]
@@ -38,6 +39,37 @@ CLI = [sys.executable, "-m", "dynamo_core.cli"]
 def dynamo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
+
+
+# ====================================================================== the rules
+
+
+def _facts(**changes) -> Facts:
+    members = [Member(n, f"tcp://{n}:1", 1, (), "up") for n in ("n1", "n2", "n3")]
+    facts = dict(me=members[0], members=members, has_seeds=True, digest=b"A",
+                 peer_digests={"n2": b"A", "n3": b"A"}, neighbours={"n2", "n3"}, filling=0,
+                 is_up=lambda peer: True, connected=lambda address: True)
+    return Facts(**{**facts, **changes})
+
+
+def test_the_reasons_a_node_is_not_ready():
+    assert not_ready(_facts()) == []
+    assert not_ready(_facts(peer_digests={"n2": b"A", "n3": b"B"})) == \
+        ["ring not settled: n3 build another ring"]
+    assert not_ready(_facts(peer_digests={"n2": b"A"})) == ["ring not confirmed yet by n3"]
+    # Not a neighbour: its ring need not be known, only agree when it is.
+    assert not_ready(_facts(peer_digests={"n2": b"A"}, neighbours={"n2"})) == []
+    assert not_ready(_facts(connected=lambda address: address != "tcp://n2:1")) == \
+        ["no connection yet to n2"]
+    # A peer believed down is waited for in nothing.
+    assert not_ready(_facts(peer_digests={}, connected=lambda address: False,
+                            is_up=lambda peer: False)) == []
+    me = _facts().members[0]
+    assert not_ready(_facts(me=Member("n1", me.address, 1, (), "joining"), filling=7)) == \
+        ["joining: 7 of its ranges not filled yet"]
+    assert not_ready(_facts(members=[me], peer_digests={})) == \
+        ["has not heard from its seeds yet"]
+    assert not_ready(_facts(members=[me], peer_digests={}, has_seeds=False)) == []
 
 
 # ====================================================================== simulated
