@@ -424,6 +424,28 @@ def cluster(tmp_path: Path) -> Iterator[_Factory]:
         factory.close()
 
 
+@pytest.fixture
+def dynamo_cluster(tmp_path: Path) -> Iterator[Any]:
+    """Factory: ``dynamo_cluster(*args, nodes=2)`` runs ``dynamo cluster`` with ``args`` and
+    returns its :class:`RunningCluster` once it said the cluster is ready; everything it
+    started is killed at the end of the test."""
+    clusters: list[RunningCluster] = []
+
+    def start(*args: str, nodes: int = 2) -> RunningCluster:
+        rc = RunningCluster(tmp_path / f"run{len(clusters)}", *args, nodes=nodes)
+        clusters.append(rc)
+        wait_for(lambda: rc.ready or rc.proc.poll() is not None, 60,
+                 "dynamo cluster to say it is ready")
+        assert rc.proc.poll() is None, rc.output
+        return rc
+
+    try:
+        yield start
+    finally:
+        for rc in clusters:
+            rc.close()
+
+
 @pytest.fixture(scope="module")
 def module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Factory]:
     """The same factory, shared by the tests of one module (for clusters no test disturbs)."""

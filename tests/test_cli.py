@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import RunningCluster, free_port, process_gone, wait_for
+from conftest import free_port, process_gone, wait_for
 
 from dynamo_core.client import Client
 
@@ -323,15 +323,8 @@ def test_node_help_documents_listen_and_advertise():
 
 
 @pytest.fixture
-def running_cluster(tmp_path):
-    rc = RunningCluster(tmp_path)
-    try:
-        wait_for(lambda: rc.ready or rc.proc.poll() is not None, 30,
-                 "dynamo cluster to start its nodes")
-        assert rc.proc.poll() is None, rc.output
-        yield rc
-    finally:
-        rc.close()
+def running_cluster(dynamo_cluster):
+    return dynamo_cluster()
 
 
 def test_dynamo_cluster_prints_every_node_address_and_serves_requests(running_cluster):
@@ -382,18 +375,14 @@ def test_dynamo_cluster_killed_outright_takes_its_nodes_with_it(running_cluster)
              "the orphaned nodes to exit")
 
 
-def test_dynamo_cluster_exits_non_zero_when_every_node_dies(tmp_path):
+def test_dynamo_cluster_exits_non_zero_when_every_node_dies(dynamo_cluster):
     """With --no-restart (by default dead nodes are restarted: test_readiness.py)."""
-    rc = RunningCluster(tmp_path, "--no-restart")
-    try:
-        wait_for(lambda: rc.ready, 30, "dynamo cluster to be ready")
-        for pid in rc.node_pids().values():
-            os.kill(pid, signal.SIGKILL)
-        rc.proc.wait(timeout=15)
-        assert rc.proc.returncode == 1
-        wait_for(lambda: "every node of the cluster exited" in rc.output, 5, "the reason")
-    finally:
-        rc.close()
+    rc = dynamo_cluster("--no-restart")
+    for pid in rc.node_pids().values():
+        os.kill(pid, signal.SIGKILL)
+    rc.proc.wait(timeout=15)
+    assert rc.proc.returncode == 1
+    wait_for(lambda: "every node of the cluster exited" in rc.output, 5, "the reason")
 
 
 def test_a_reader_that_leaves_early_is_no_error(tmp_path):

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    RunningCluster,
     free_port,
     free_port_run,
     process_gone,
@@ -162,28 +161,8 @@ def test_dynamo_wait_times_out_with_the_reason(cluster, lonely_node):
 # ====================================================================== dynamo cluster
 
 
-@pytest.fixture
-def started(tmp_path: Path):
-    """Start ``dynamo cluster`` with the given arguments; stopped (SIGKILL) at the end."""
-    clusters: list[RunningCluster] = []
-
-    def start(*args: str, nodes: int = 2) -> RunningCluster:
-        rc = RunningCluster(tmp_path / f"run{len(clusters)}", *args, nodes=nodes)
-        clusters.append(rc)
-        wait_for(lambda: rc.ready or rc.proc.poll() is not None, 60,
-                 "dynamo cluster to say it is ready")
-        assert rc.proc.poll() is None, rc.output
-        return rc
-
-    try:
-        yield start
-    finally:
-        for rc in clusters:
-            rc.close()
-
-
-def test_dynamo_cluster_says_ready_only_when_a_put_works_at_once(started):
-    rc = started(nodes=3)
+def test_dynamo_cluster_says_ready_only_when_a_put_works_at_once(dynamo_cluster):
+    rc = dynamo_cluster(nodes=3)
     # Straight after the line: no retries, no waiting for the ring or connections.
     with Client(rc.addresses, timeout=10.0) as c:
         c.put("first", "write")
@@ -210,8 +189,8 @@ def test_dynamo_cluster_refuses_a_taken_port_before_creating_anything(tmp_path: 
     assert done.stdout == ""
 
 
-def test_dynamo_cluster_restarts_a_killed_node_and_ctrl_c_stops_it_too(started):
-    rc = started()
+def test_dynamo_cluster_restarts_a_killed_node_and_ctrl_c_stops_it_too(dynamo_cluster):
+    rc = dynamo_cluster()
     before = rc.node_pids()
     os.kill(before["n2"], signal.SIGKILL)
     wait_for(lambda: "n2 exited with status -9; restarting in 1s (restart 1)" in rc.output,
@@ -228,8 +207,8 @@ def test_dynamo_cluster_restarts_a_killed_node_and_ctrl_c_stops_it_too(started):
         wait_for(lambda pid=pid: process_gone(pid), 10, f"node pid {pid} to exit")
 
 
-def test_dynamo_cluster_no_restart_leaves_a_dead_node_dead(started):
-    rc = started("--no-restart")
+def test_dynamo_cluster_no_restart_leaves_a_dead_node_dead(dynamo_cluster):
+    rc = dynamo_cluster("--no-restart")
     pids = rc.node_pids()
     os.kill(pids["n2"], signal.SIGKILL)
     wait_for(lambda: "n2 exited with status -9; not restarted (--no-restart)" in rc.output,
