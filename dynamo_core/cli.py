@@ -32,6 +32,24 @@ DEFAULT_BASE_PORT = 7100
 DEFAULT_DATA_DIR = "dynamo-data"
 
 
+#: How a node enters, leaves and comes back (``dynamo node --help``, and the README).
+NODE_LIFECYCLE = """\
+how a node enters and leaves the cluster:
+  start it with --seed ADDR (any member): it learns the cluster and joins it, taking its
+  share of the ring at once (status 'joining' while it fills its ranges, then 'up').
+  Without --seed it is a cluster of its own; `dynamo join --node ADDR --seed ADDR` brings
+  such a node, or one that left or was removed, into a cluster.
+  Ctrl-C (SIGTERM) is a temporary absence: it stays on the ring, its peers keep its writes
+  as hints and hand them over when it is back.
+  `dynamo leave --node ADDR` leaves for good (its ranges are handed off first);
+  `dynamo remove NAME` takes a dead node that will not come back off the ring.
+
+restarting a node with its data:
+  run the same command again: the same --name, --data-dir, --listen and --advertise (and
+  --config); the seeds may be any members. It takes back its place on the ring.
+"""
+
+
 class UsageError(Exception):
     """A wrong argument the parser could not catch (bad JSON value, bad address)."""
 
@@ -135,6 +153,7 @@ def cmd_status(args: argparse.Namespace) -> str:
     return "\n".join([
         f"node {status['node']} ({status['address']}), engine {status['engine']}, "
         f"failure detector {status.get('failure_detector', '?')}",
+        _readiness_line(status),
         f"keys held: {status['keys']}   hints pending: {status['hints_pending']} "
         f"(delivered {status.get('hints_delivered', 0)})   "
         f"open requests: {status['pending_requests']}   read repairs: {status['read_repairs']}",
@@ -149,7 +168,21 @@ def cmd_status(args: argparse.Namespace) -> str:
         f"{ov.get('overloaded_refusals', 0)} (standing queue), "
         f"{ov.get('in_flight_refusals', 0)} (requests in flight), "
         f"{ov.get('rate_limited', 0)} (over a client's rate)",
-        "", _table(rows, ["NAME", "ADDRESS", "STATE", "SINCE", "STATUS", "TOKENS", "OWNS"])])
+        "", _table(rows, ["NAME", "ADDRESS", "STATE", "SINCE", "STATUS", "TOKENS", "OWNS"]),
+        *_status_meanings(status["members"])])
+
+
+def _readiness_line(status: dict[str, Any]) -> str:
+    if status.get("ready"):
+        return "ready: true"
+    return f"ready: false ({'; '.join(status.get('not_ready', []))})"
+
+
+def _status_meanings(members: list[dict[str, Any]]) -> list[str]:
+    """Below the table: what each STATUS shown means (STATE is this node's opinion of the
+    peer's health; STATUS is where the member stands in the cluster)."""
+    meanings = {m["status"]: m.get("meaning") for m in members if m.get("meaning")}
+    return [f"  {status}: {meaning}" for status, meaning in sorted(meanings.items())]
 
 
 def _ago(when: float | None, now: float) -> str:
@@ -295,7 +328,19 @@ def cmd_node(args: argparse.Namespace) -> str:
 
 def cmd_cluster(args: argparse.Namespace) -> str:
     from .cluster import run_cluster
-    return run_cluster(args.nodes, args.base_port, args.data_dir, args.config, args.log_level)
+    return run_cluster(args.nodes, args.base_port, args.data_dir, args.config, args.log_level,
+                       restart=not args.no_restart)
+
+
+def cmd_wait(args: argparse.Namespace) -> str:
+    """Block until the cluster of ``--node`` is ready: for scripts and CI."""
+    from .cluster import wait_ready
+    with Client(args.node, timeout=min(args.timeout, 2.0), key=args.key_file or None,
+                server_key=args.server_key_file or None) as c:
+        problem = wait_ready(c, args.node, args.nodes, args.timeout)
+    if problem is not None:
+        raise DynamoError(f"not ready after {args.timeout:g}s: {problem}")
+    return _dump({"ready": True, "node": args.node}) if args.json else "ready"
 
 
 def cmd_bench(args: argparse.Namespace) -> str:
@@ -398,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--bucket", default=DEFAULT_BUCKET, help="bucket (default 'default')")
 
     p = command("node", cmd_node, "run one node in the foreground", client=False, json_out=False)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = NODE_LIFECYCLE
     p.add_argument("--name", required=True)
     p.add_argument("--listen", required=True, type=_address,
                    help="address to bind, e.g. tcp://0.0.0.0:7609 for every interface "
@@ -426,6 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML configuration file for every node")
     p.add_argument("--log-level", default="warning",
                    choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-restart", action="store_true",
+                   help="leave a node that dies dead (by default it is restarted, with "
+                        "backoff, on its data)")
+
+    p = command("wait", cmd_wait, "wait until a cluster is ready (exit 0), or say why it is "
+                                  "not after --timeout seconds (exit 1)", client=False)
+    p.add_argument("--node", type=_address, default=DEFAULT_NODE,
+                   help=f"node whose cluster to wait for (default {DEFAULT_NODE}, or "
+                        f"$DYNAMO_NODE)")
+    p.add_argument("--nodes", type=_positive(int),
+                   help="wait until at least this many members are up on the ring, and ready")
+    p.add_argument("--timeout", type=_positive(float), default=60.0,
+                   help="seconds to wait at most (default 60)")
+    _key_arguments(p)
 
     p = command("get", cmd_get, "read a key: its values and context")
     keyed(p)

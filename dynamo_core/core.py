@@ -55,6 +55,7 @@ from .liveness import Liveness
 from .membership import Member, Membership, removal_of
 from .overload import OverloadGuard
 from .plugins import Registry, make_plugin_manager
+from .readiness import STATUS_MEANINGS, Facts, not_ready
 from .ring import Ring, key_hash
 from .routing import Route, ring_digest, ring_document
 from .store import IDENTITY_KEY, LocalStore, key_bytes_limit
@@ -192,7 +193,8 @@ class NodeCore:
                  record: RecordFile | None = None, seeds: tuple[str, ...] = (),
                  keep_stale_data: bool = False, plugins: Sequence[object] = (),
                  edge: Edge | None = None,
-                 stopwatch: Callable[[], float] | None = None) -> None:
+                 stopwatch: Callable[[], float] | None = None,
+                 connected: Callable[[str], bool] | None = None) -> None:
         self.name = name
         self.address = address
         self.config = config
@@ -206,6 +208,11 @@ class NodeCore:
         #: took (metrics, admission control); without one, a request answered within the
         #: call that brought it took no time
         self._stopwatch = stopwatch or self.now
+        #: whether the driver's way to the peer at an address can carry a frame now (its
+        #: transport's answer; readiness asks it); without one, every way can
+        self._connected = connected or (lambda address: True)
+        #: the ring digest each peer last said it builds (gossip carries it): readiness
+        self._peer_digests: dict[str, bytes] = {}
         #: keep replicas held from before an absence past the tombstone grace (operator's call)
         self.keep_stale_data = keep_stale_data
         #: no data of its own yet while the cluster may hold some for its ranges
@@ -843,8 +850,8 @@ class NodeCore:
         target = target or self.membership.gossip_target(self.rng)
         if target is None:
             return
-        frame = self.codec.encode("gossip", {"members": self.membership.to_wire()},
-                                  next(self._gossip_ids), self.name)
+        frame = self.codec.encode("gossip", self._gossip_body(), next(self._gossip_ids),
+                                  self.name)
         self._emit(Transmit(target, frame, lambda why: self.log.debug(
             "gossip to %s not sent: %s", target, why)))
 
@@ -934,6 +941,7 @@ class NodeCore:
         self._heard_from(msg.sender)
         if msg.type == "gossip_ok":
             self._merge_gossip(msg.body["members"])
+            self._heard_ring(msg.sender, msg.body.get("ring"))
         elif msg.type == "pong":
             pass  # a heartbeat: hearing it was the point
         elif msg.id in self._calls:
@@ -1115,7 +1123,20 @@ class NodeCore:
 
     def _handle_gossip(self, msg: Message, client: Client) -> None:
         self._merge_gossip(msg.body["members"])
-        self.answer(client, "gossip_ok", {"members": self.membership.to_wire()})
+        if client.peer:
+            self._heard_ring(msg.sender, msg.body.get("ring"))
+        self.answer(client, "gossip_ok", self._gossip_body())
+
+    def _gossip_body(self) -> dict[str, Any]:
+        """What gossip carries either way: every member record, and the digest of the
+        ring they make here (peers compare it with theirs: readiness)."""
+        return {"members": self.membership.to_wire(), "ring": self._ring_view()[1]}
+
+    def _heard_ring(self, sender: str | None, digest: bytes | None) -> None:
+        """A member said which ring it builds (a name outside the membership is not kept:
+        the table stays as small as the membership)."""
+        if sender is not None and digest is not None and self.membership.get(sender):
+            self._peer_digests[sender] = digest
 
     def _merge_gossip(self, records: list[dict[str, Any]]) -> None:
         members = []
@@ -1289,6 +1310,7 @@ class NodeCore:
         ownership = ring.ownership()
         members = [{"name": m.name, "address": m.address, "state": self.peer_state(m.name),
                     "since": self._wall_of(self.liveness.since(m.name)), "status": m.status,
+                    "meaning": STATUS_MEANINGS[m.status],
                     "capacity": m.capacity, "tokens": len(ring.tokens_of(m.name)),
                     "ownership": round(ownership.get(m.name, 0.0), 4), "version": m.version,
                     "last_heard": self._wall_of(self.liveness.last_heard(m.name))}
@@ -1296,8 +1318,12 @@ class NodeCore:
         loop_failures = dict(self.loop_failures)
         if self.handoff.failures:
             loop_failures["handoff"] = loop_failures.get("handoff", 0) + self.handoff.failures
+        reasons = self.not_ready()
         return {
             "node": self.name, "address": self.address, "actor": self.actor,
+            # ready: a request sent here now is served as a settled cluster would (see
+            # readiness); not_ready: why not, in a few words each
+            "ready": not reasons, "not_ready": reasons,
             "members": members, "keys": self.anti_entropy.keys_held(),
             "hints_pending": self.hints.pending(), "hints_bytes": self.hints.bytes_used,
             "hints_by_target": self.hints.targets(), "hints_delivered": self.handoff.delivered,
@@ -1329,6 +1355,15 @@ class NodeCore:
             "plugin_errors": self.extensions.errors,
             "overload": self.overload.stats(self._now),
         }
+
+    def not_ready(self) -> list[str]:
+        """Why this node is not ready yet (empty: it is): see :mod:`readiness`."""
+        return not_ready(Facts(
+            me=self.membership.me, members=self.membership.members(),
+            has_seeds=bool(self.membership.seeds), digest=self._ring_view()[1],
+            peer_digests=self._peer_digests, neighbours=self.anti_entropy.peers(),
+            filling=len(self.anti_entropy.filling),
+            is_up=lambda peer: self.peer_state(peer) == "up", connected=self._connected))
 
     def _handle_inspect(self, msg: Message, client: Client) -> None:
         bucket, key = msg.body["bucket"], msg.body["key"]

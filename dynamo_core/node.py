@@ -90,7 +90,8 @@ class Node:
                              rng=rng or random.Random(int.from_bytes(os.urandom(16), "big")),
                              wall_clock=time.time, data_dir=data_dir, record=record,
                              seeds=seeds, keep_stale_data=keep_stale_data, edge=self,
-                             stopwatch=time.monotonic)
+                             stopwatch=time.monotonic,
+                             connected=lambda address: self.transport.connected(address))
         try:
             self.transport = transport or ZmqTransport(name, listen, config.max_message_bytes,
                                                        self.keyring)

@@ -70,6 +70,11 @@ class Transport(Protocol):
         """Open the way to a peer ahead of the first request to it."""
         ...
 
+    def connected(self, address: str) -> bool:
+        """Whether a request to the peer at ``address`` can be queued now (the way to it
+        is open and live): a node is not ready while the way to a live peer is not."""
+        ...
+
     def close(self) -> None:
         """Stop listening and release everything (also if never started)."""
         ...

@@ -425,7 +425,8 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     # many keys in one message (hint delivery, anti-entropy, range transfer): each item is
     # a replica_put body without a hint, answered by one result each
     "replica_put_many": {"items": Field(list_of(MAP, MAX_BATCH_ITEMS))},
-    "gossip": {"members": MEMBERS},
+    # "ring": the digest of the ring the sender's members make (see readiness)
+    "gossip": {"members": MEMBERS, "ring": RING_DIGEST},
     # anti-entropy: compare Merkle trees of ranges both replicate, then their leaves
     "ae_roots": {"n": FACTOR, "depth": DEPTH, "ranges": Field(list_of(RANGE, 4096))},
     "ae_hashes": {"n": FACTOR, "depth": DEPTH, "start": TOKEN, "end": TOKEN,
@@ -462,7 +463,7 @@ BUILT_IN_SCHEMAS: dict[str, Schema] = {
     "ae_keys_ok": {"keys": Field(MAP)},
     "reap_ok": {"reaped": Field(of_type(bool, what="a boolean"))},
     "join_ok": {}, "leave_ok": {}, "remove_ok": {},
-    "gossip_ok": {"members": MEMBERS},
+    "gossip_ok": {"members": MEMBERS, "ring": RING_DIGEST},
     "status_ok": {"status": Field(MAP)},
     "inspect_ok": {"inspect": Field(MAP)},
     "preflist_ok": {"preflist": Field(MAP)},

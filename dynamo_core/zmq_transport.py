@@ -302,6 +302,12 @@ class ZmqTransport:
         if address not in self._dealers:
             self._connect(address)
 
+    def connected(self, address: str) -> bool:
+        """The DEALER towards the peer is open and can send: with ``IMMEDIATE``, POLLOUT
+        means a connection to it is up (handshake done) and its queue has room."""
+        dealer = self._dealers.get(address)
+        return dealer is not None and bool(int(dealer.sock.getsockopt(_EVENTS)) & _POLLOUT)
+
     def _connect(self, address: str) -> SocketReader:
         sock = self._ctx.socket(zmq.DEALER)
         configure(sock, self.max_bytes)

@@ -14,10 +14,13 @@ and only read and write keys.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -168,8 +171,11 @@ class Cluster:
     """``k`` real node processes on loopback, named ``n1`` .. ``nk``."""
 
     def __init__(self, root: Path, k: int, config: Mapping[str, Any] | None = None,
-                 extra_toml: str = "", key: Path | None = None) -> None:
+                 extra_toml: str = "", key: Path | None = None, ready: bool = True) -> None:
         self.root = root
+        #: wait_converged also waits for every node to be ready (False: a test whose nodes
+        #: cannot be, say with anti-entropy off so that they stay joining)
+        self.wait_ready = ready
         #: the secret key file the test's clients use (a cluster run with security)
         self.key = key
         self.config_path = root / "config.toml"
@@ -281,7 +287,10 @@ class Cluster:
         at once, before its connections to them are up, and a request it coordinates then
         finds no peer to send to. Every running node must also build the same ring (the
         same ``ring_digest``): members choose their join orders through gossip, and a test
-        that reads where keys live must not start while the ring still settles.
+        that reads where keys live must not start while the ring still settles. And every
+        running node must be *ready* (its own judgment, ``ready`` in its status): among
+        other things its connections to every peer it believes up are open, so a request
+        made right away does not fail with "no connection".
         """
         expected = set(self.nodes)
         pending = set(self.running())
@@ -289,6 +298,7 @@ class Cluster:
 
         def converged() -> bool:
             running = set(self.running())
+            unready = {}
             for name in sorted(running):
                 if not self.nodes[name].running:
                     proc = self.nodes[name].proc
@@ -297,16 +307,83 @@ class Cluster:
                 with Client(self.address(name), timeout=0.5, key=self.key) as c:
                     status = c.status(node=self.address(name))
                 digests[name] = status["ring_digest"]
+                if self.wait_ready and not status["ready"]:
+                    unready[name] = "; ".join(status["not_ready"])
                 members = {m["name"]: m for m in status["members"]}
                 since = self.nodes[name].started_at
                 if name in pending and set(members) == expected and all(
                         (members[peer]["last_heard"] or 0) >= since
                         for peer in running - {name}):
                     pending.discard(name)
+            assert not unready, f"not ready: {unready}"
             return not pending and len({digests[n] for n in running}) == 1
 
         wait_for(converged, timeout, f"nodes {sorted(pending)} to see all of {sorted(expected)} "
-                                     f"and every node to build the same ring")
+                                     f"and every node to build the same ring and be ready")
+
+
+# ====================================================================== dynamo cluster
+
+
+def process_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+class RunningCluster:
+    """``dynamo cluster`` in its own session, its output read line by line in a thread."""
+
+    def __init__(self, tmp_path: Path, *args: str, nodes: int = 2) -> None:
+        self.base = free_port_run(nodes)
+        self.addresses = [f"tcp://127.0.0.1:{self.base + i}" for i in range(1, nodes + 1)]
+        self.data_dir = tmp_path / "cluster-data"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dynamo_core.cli", "cluster", "--nodes", str(nodes),
+             "--base-port", str(self.base), "--data-dir", str(self.data_dir), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def ready(self) -> bool:
+        """It said the cluster is ready."""
+        return any(re.match(r"cluster of \d+ nodes ready", line) for line in self.lines)
+
+    def node_pids(self) -> dict[str, int]:
+        """Every node process it said it started (restarted ones too), latest last."""
+        return {m[0]: int(m[1]) for m in re.findall(
+            r"^(n\d+) (?:tcp://\S+ \(|started again \()pid (\d+)", self.output, re.MULTILINE)}
+
+    def all_pids(self) -> list[int]:
+        return [int(p) for p in re.findall(r"^n\d+ .*?\(pid (\d+)", self.output, re.MULTILINE)]
+
+    def close(self) -> None:
+        """Whatever the test did, leave nothing running."""
+        pids = self.all_pids()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for pid in pids:
+            if not process_gone(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 # ====================================================================== fixtures
@@ -318,8 +395,8 @@ class _Factory:
         self.clusters: list[Cluster] = []
 
     def __call__(self, k: int = 3, config: Mapping[str, Any] | None = None,
-                 extra_toml: str = "", key: Path | None = None) -> Cluster:
-        cl = Cluster(self._make_root(), k, config, extra_toml, key)
+                 extra_toml: str = "", key: Path | None = None, ready: bool = True) -> Cluster:
+        cl = Cluster(self._make_root(), k, config, extra_toml, key, ready)
         self.clusters.append(cl)
         _ACTIVE.append(cl)
         cl.start()
@@ -336,14 +413,37 @@ class _Factory:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[_Factory]:
-    """Factory: ``cluster(k, config={...}, extra_toml="...", key=...)`` -> a running
-    :class:`Cluster` (``key``: the secret key file its clients use, for security)."""
+    """Factory: ``cluster(k, config={...}, extra_toml="...", key=..., ready=...)`` -> a
+    running :class:`Cluster` (``key``: the secret key file its clients use, for security;
+    ``ready=False``: do not wait for the nodes to be ready, only converged)."""
     counter = iter(range(1, 1000))
     factory = _Factory(lambda: _mkdir(tmp_path / f"cluster{next(counter)}"))
     try:
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture
+def dynamo_cluster(tmp_path: Path) -> Iterator[Any]:
+    """Factory: ``dynamo_cluster(*args, nodes=2)`` runs ``dynamo cluster`` with ``args`` and
+    returns its :class:`RunningCluster` once it said the cluster is ready; everything it
+    started is killed at the end of the test."""
+    clusters: list[RunningCluster] = []
+
+    def start(*args: str, nodes: int = 2) -> RunningCluster:
+        rc = RunningCluster(tmp_path / f"run{len(clusters)}", *args, nodes=nodes)
+        clusters.append(rc)
+        wait_for(lambda: rc.ready or rc.proc.poll() is not None, 60,
+                 "dynamo cluster to say it is ready")
+        assert rc.proc.poll() is None, rc.output
+        return rc
+
+    try:
+        yield start
+    finally:
+        for rc in clusters:
+            rc.close()
 
 
 @pytest.fixture(scope="module")

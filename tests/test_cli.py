@@ -13,13 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import free_port, free_port_run, wait_for
+from conftest import free_port, process_gone, wait_for
 
 from dynamo_core.client import Client
 
@@ -323,67 +322,9 @@ def test_node_help_documents_listen_and_advertise():
 # ====================================================================== dynamo cluster
 
 
-def process_gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-class RunningCluster:
-    """``dynamo cluster`` in its own session, its output read line by line in a thread."""
-
-    def __init__(self, tmp_path: Path, nodes: int = 2) -> None:
-        self.base = free_port_run(nodes)
-        self.data_dir = tmp_path / "cluster-data"
-        self.proc = subprocess.Popen(
-            [*CLI, "cluster", "--nodes", str(nodes), "--base-port", str(self.base),
-             "--data-dir", str(self.data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, start_new_session=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def node_pids(self) -> dict[str, int]:
-        return {m[0]: int(m[1]) for m in re.findall(r"^(n\d+) tcp://\S+ \(pid (\d+)",
-                                                    self.output, re.MULTILINE)}
-
-    def close(self) -> None:
-        """Whatever the test did, leave nothing running."""
-        pids = list(self.node_pids().values())
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        for pid in pids:
-            if not process_gone(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-
 @pytest.fixture
-def running_cluster(tmp_path):
-    rc = RunningCluster(tmp_path)
-    try:
-        wait_for(lambda: "running" in rc.output or rc.proc.poll() is not None, 15,
-                 "dynamo cluster to start its nodes")
-        assert rc.proc.poll() is None, rc.output
-        yield rc
-    finally:
-        rc.close()
+def running_cluster(dynamo_cluster):
+    return dynamo_cluster()
 
 
 def test_dynamo_cluster_prints_every_node_address_and_serves_requests(running_cluster):
@@ -434,8 +375,9 @@ def test_dynamo_cluster_killed_outright_takes_its_nodes_with_it(running_cluster)
              "the orphaned nodes to exit")
 
 
-def test_dynamo_cluster_exits_non_zero_when_every_node_dies(running_cluster):
-    rc = running_cluster
+def test_dynamo_cluster_exits_non_zero_when_every_node_dies(dynamo_cluster):
+    """With --no-restart (by default dead nodes are restarted: test_readiness.py)."""
+    rc = dynamo_cluster("--no-restart")
     for pid in rc.node_pids().values():
         os.kill(pid, signal.SIGKILL)
     rc.proc.wait(timeout=15)

@@ -96,6 +96,13 @@ class Network:
     def name_at(self, address: str) -> str | None:
         return self._by_address.get(address)
 
+    def is_up(self, address: str) -> bool:
+        """A node listens at ``address`` now (a partition is not seen: ZeroMQ would not
+        see one either until its heartbeats gave up)."""
+        name = self._by_address.get(address)
+        endpoint = self.endpoints.get(name) if name is not None else None
+        return endpoint is not None and endpoint.up
+
     # ------------------------------------------------------------------ frames
 
     def request(self, src: str, address: str, frame: bytes) -> None:
@@ -190,6 +197,9 @@ class SimTransport:
 
     def connect(self, address: str) -> None:
         """Nothing to open: every endpoint is one dictionary lookup away."""
+
+    def connected(self, address: str) -> bool:
+        return self.network.is_up(address)
 
     def close(self) -> None:
         self.network.detach(self.name)

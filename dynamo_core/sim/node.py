@@ -92,7 +92,8 @@ class SimNode:
             self.name, self.address, config=self.config,
             rng=Random(self.world.rng.getrandbits(64)), wall_clock=self.wall,
             data_dir=self.data_dir, record=self.disks.record(self.name), seeds=self.seeds,
-            keep_stale_data=keep_stale_data, plugins=(self.disks, *self.plugins))
+            keep_stale_data=keep_stale_data, plugins=(self.disks, *self.plugins),
+            connected=self.transport.connected)
         self.starts += 1
         # A new process: one that left before starts again (and stays out of the ring,
         # its record says so); it has not left in this life.
