@@ -149,7 +149,7 @@ class AntiEntropy:
         #: was given them by a ring change): until one exchange with another replica of the
         #: range, its "not found" for a key there is weak evidence (it says so in replies)
         self.filling: set[Slot] = set()
-        #: told to join and no peer known yet (see refill)
+        #: empty while a cluster may hold its ranges, and no peer known yet (see refill)
         self._newcomer = False
 
     # ================================================================== trees
@@ -199,6 +199,7 @@ class AntiEntropy:
         mine = {(n, t.start, t.end) for n, trees in self.trees.items() for t in trees.trees()}
         if first:
             self.filling = set(mine) if self._starts_empty() else set()
+            self._newcomer = self._starts_empty()  # its seeds' cluster is still to be heard
             for bucket, key, versions in self.store.items():
                 self._place(bucket, key, versions)
             return

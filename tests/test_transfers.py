@@ -59,7 +59,7 @@ def test_join_leave_and_remove_wait_for_their_end_and_show_plain_progress(cluste
 
 def test_a_wait_that_runs_out_of_time_says_what_was_not_done(cluster) -> None:
     # No anti-entropy rounds: a leaving node never gets to hand its keys over.
-    cl: Cluster = cluster(2, config={"anti_entropy": {"interval": 1e6}})
+    cl: Cluster = cluster(2, config={"anti_entropy": {"interval": 1e6}}, ready=False)
     with cl.client() as c:
         c.put("k", 1)
     result = dynamo("leave", "--node", cl.address("n2"), "--wait", "--wait-timeout", "2")
@@ -104,7 +104,7 @@ def test_a_node_told_to_join_is_joining_until_its_ranges_are_filled(cluster) -> 
     """A node started alone is "up" in a ring of its own; told to join a cluster it is a
     newcomer, whose "not found" must not count until anti-entropy filled its ranges. With no
     anti-entropy rounds it stays joining, its ranges filling."""
-    cl: Cluster = cluster(3, config={"anti_entropy": {"interval": 1e6}})
+    cl: Cluster = cluster(3, config={"anti_entropy": {"interval": 1e6}}, ready=False)
     start_without_seeds(cl, "n4")
     joined = dynamo("join", "--node", cl.address("n4"), "--seed", cl.address("n1"))
     assert joined.returncode == 0, joined.stderr
@@ -134,4 +134,21 @@ def test_told_to_join_a_node_alone_stays_joining_until_it_hears_from_the_cluster
     me = next(m for m in core.status_document()["members"] if m["name"] == "n4")
     assert me["status"] == "joining"
     assert core.status_document()["anti_entropy"]["ranges_filling"] > 0
+    core.close()
+
+
+def test_a_node_whose_seeds_never_answer_stays_joining() -> None:
+    """Started with a seed, a node's ranges may be held by a cluster it has not heard from:
+    however many anti-entropy rounds run alone, it is not up."""
+    config = config_mod.from_mapping({"storage": {"engine": "memory"},
+                                      "anti_entropy": {"interval": 0.1}})
+    core = NodeCore("n4", "tcp://n4.test:1", config=config, rng=random.Random(4),
+                    wall_clock=lambda: 1_800_000_000.0, seeds=("tcp://n1.test:1",))
+    core.start(0.0)
+    now = 0.0
+    while now < 3.0:
+        now = max(core.next_timer() or now + 0.1, now + 0.01)
+        core.handle_timer(now)
+    me = next(m for m in core.status_document()["members"] if m["name"] == "n4")
+    assert me["status"] == "joining"
     core.close()
