@@ -162,7 +162,7 @@ class AntiEntropy:
         """Count every range this node replicates as filling (it was told to join: what it
         holds need not be what the cluster holds for them), and keep them filling while it
         knows no peer yet: alone, its ranges have nobody to be compared with, which would
-        otherwise count them filled before the cluster's gossip arrives."""
+        otherwise count them filled before the cluster's gossip arrives (see _alone)."""
         self.refresh()
         self.filling = {(n, t.start, t.end) for n, trees in self.trees.items()
                         for t in trees.trees()}
@@ -348,8 +348,8 @@ class AntiEntropy:
         # A range no other node replicates has nobody to be compared with (N=1, or a
         # one-node ring): what it gets comes by range transfer, and it counts as filled.
         if self._newcomer:
-            if not self._peer_names:
-                return  # told to join and still alone: see refill
+            if self._alone():
+                return  # empty and alone on its ring: the cluster is still to be heard
             self._newcomer = False
         me = self.name
         self.filling = {slot for slot in self.filling
@@ -364,6 +364,11 @@ class AntiEntropy:
         for n in self.trees:
             await self.exchange(peer, n)
         self._on_exchange()
+
+    def _alone(self) -> bool:
+        """No other node on the ring this node knows (whatever N is)."""
+        return all(p == self.name for by_range in self.replicas.values()
+                   for replicas in by_range.values() for p in replicas)
 
     async def exchange(self, peer: str, n: int) -> None:
         """Compare every range shared with ``peer`` at factor ``n``; repair what differs."""
