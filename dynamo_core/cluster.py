@@ -34,13 +34,13 @@ def _die_with_parent() -> None:
 
 
 def node_command(i: int, base_port: int, count: int, data_dir: str, config: str | None,
-                 log_level: str) -> list[str]:
+                 log_level: str, log_format: str = "text") -> list[str]:
     addresses = [f"tcp://127.0.0.1:{base_port + j}" for j in range(1, count + 1)]
-    return _node_command(i, addresses, data_dir, config, log_level)
+    return _node_command(i, addresses, data_dir, config, log_level, log_format)
 
 
 def _node_command(i: int, addresses: list[str], data_dir: str, config: str | None,
-                  log_level: str) -> list[str]:
+                  log_level: str, log_format: str = "text") -> list[str]:
     """The command running node ``n<i>`` (1-based) of ``addresses``, seeded with the others.
 
     It advertises its own address whatever the shared config says: a ``[node] advertise``
@@ -48,7 +48,8 @@ def _node_command(i: int, addresses: list[str], data_dir: str, config: str | Non
     """
     cmd = [sys.executable, "-m", "dynamo_core.cli", "node", "--name", f"n{i}",
            "--listen", addresses[i - 1], "--advertise", addresses[i - 1],
-           "--data-dir", os.path.join(data_dir, f"n{i}"), "--log-level", log_level]
+           "--data-dir", os.path.join(data_dir, f"n{i}"), "--log-level", log_level,
+           "--log-format", log_format]
     for j, address in enumerate(addresses, 1):
         if j != i:
             cmd += ["--seed", address]
@@ -58,7 +59,7 @@ def _node_command(i: int, addresses: list[str], data_dir: str, config: str | Non
 
 
 def run_cluster(count: int, base_port: int, data_dir: str, config: str | None,
-                log_level: str) -> str:
+                log_level: str, log_format: str = "text") -> str:
     if base_port + count > 65535:
         raise OSError(f"ports {base_port + 1}..{base_port + count} do not fit below 65536")
     stopping = False
@@ -72,7 +73,7 @@ def run_cluster(count: int, base_port: int, data_dir: str, config: str | None,
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for i in range(1, count + 1):
-            cmd = node_command(i, base_port, count, data_dir, config, log_level)
+            cmd = node_command(i, base_port, count, data_dir, config, log_level, log_format)
             procs[f"n{i}"] = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
             print(f"n{i} tcp://127.0.0.1:{base_port + i} (pid {procs[f'n{i}'].pid}, "
                   f"data {os.path.join(data_dir, f'n{i}')})", flush=True)
