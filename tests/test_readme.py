@@ -7,7 +7,8 @@ and nothing else:
 * ``dynamo cluster`` runs on free ports (``--base-port``), and the README's loopback
   addresses ``tcp://127.0.0.1:71NN`` and the clients' default (``$DYNAMO_NODE``) point there;
 * a command that needs a running cluster (``dynamo get``, ``python examples/quickstart.py``,
-  ...) runs against the cluster the README started last, as a reader's second shell would;
+  ...) runs against the one its section started last, else the one *Set up* starts, as a
+  reader's second shell would;
   a ``dynamo cluster`` line always starts its cluster, which must come up;
 * a placeholder ``<context from get>`` is the context the last command printed;
 * a command ending in ``&`` runs in the background until the section ends.
@@ -16,7 +17,8 @@ A command commented ``# refused: REASON`` must fail with exit status 1 and say R
 commented ``# no key: ...`` must fail with status 1 for want of an answer; every other one
 must succeed. Every TOML block must start a node (key files it names are generated when
 the README has not made them), and the configuration block is the sample file
-``examples/dynamo.toml``. What cannot run here is in :data:`SKIPPED`, each with its reason.
+``examples/dynamo.toml``. What cannot run here is in :data:`SKIPPED_COMMANDS` and
+:data:`SKIPPED_BLOCKS`, each with its reason.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tomllib
@@ -47,9 +50,8 @@ CLUSTER_START_TIMEOUT = 30.0
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
-#: Commands (a regular expression on the command) and blocks (on the block's text) the
-#: runner does not run, each with the reason.
-SKIPPED: list[tuple[str, str]] = [
+#: Commands the runner does not run (a regular expression on the command), with the reason.
+SKIPPED_COMMANDS: list[tuple[str, str]] = [
     # The environment this test runs in was made by these lines (CI runs them first);
     # test_the_install_lines_name_the_extra_the_examples_need checks what they install.
     (r"^python -m pip install ", "an install line: the test runs where it was installed"),
@@ -62,9 +64,11 @@ SKIPPED: list[tuple[str, str]] = [
     # Run, with their stories checked line by line, by tests/test_examples.py.
     (r"^python examples/(shopping_cart|session_store|leaderboard)\.py",
      "run and checked by tests/test_examples.py"),
-    # Blocks.
-    (r"# on A\n", "three machines: tests/test_advertise.py runs it in network namespaces"),
-    (r"redis-server", "needs Redis and etcd, which CI does not install"),
+]
+#: Whole blocks the runner does not run (a regular expression on the block), with the reason.
+SKIPPED_BLOCKS: list[tuple[str, str]] = [
+    (r"^# on A$", "three machines: tests/test_advertise.py runs it in network namespaces"),
+    (r"^redis-server ", "needs Redis and etcd, which CI does not install"),
 ]
 
 #: Commands that talk to a running cluster (they run against the last one started).
@@ -88,7 +92,8 @@ class Block:
 class Section:
     title: str
     blocks: list[Block]
-    #: the last `dynamo cluster` command of the sections before it
+    #: the cluster the section's commands run against until it starts one of its own: the
+    #: README's first, the one *Set up* starts (None before it)
     inherited_cluster: str | None = None
 
 
@@ -103,10 +108,9 @@ def sections() -> list[Section]:
         blocks = [Block(b.kind, _dedent(b.text)) for b in blocks if b.kind in ("sh", "toml")]
         if blocks:
             found.append(Section(title, blocks, cluster))
-        for block in blocks:
-            for command in commands(block.text) if block.kind == "sh" else []:
-                if CLUSTER.match(command):
-                    cluster = command
+        starts = [c for b in blocks if b.kind == "sh" for c in commands(b.text)
+                  if CLUSTER.match(c)]
+        cluster = cluster or next(iter(starts), None)
     return found
 
 
@@ -128,8 +132,8 @@ def commands(text: str) -> list[str]:
     return found
 
 
-def skip_reason(text: str) -> str | None:
-    for pattern, reason in SKIPPED:
+def skip_reason(text: str, skipped: list[tuple[str, str]]) -> str | None:
+    for pattern, reason in skipped:
         if re.search(pattern, text, flags=re.M):
             return reason
     return None
@@ -184,7 +188,7 @@ class Runner:
         return command
 
     def run(self, command: str) -> None:
-        reason = skip_reason(command)
+        reason = skip_reason(command, SKIPPED_COMMANDS)
         if reason is not None:
             self.skipped.append(f"{command}: {reason}")
             return
@@ -198,8 +202,13 @@ class Runner:
             return
         if NEEDS_CLUSTER.match(command) and self.cluster is None:
             self.start_cluster()
-        if command.rstrip().endswith("&"):
-            self.background.append(self._spawn(self.localised(command).rstrip(" &")))
+        if without_comment(command).endswith("&"):
+            line = without_comment(self.localised(command))[:-1]
+            self.background.append(self._spawn(line))
+            listen = re.search(r"--listen tcp://([\d.]+):(\d+)", line)
+            if listen:  # as a reader would, the next command waits for it to be listening
+                wait_for(lambda: _accepts(listen[1], int(listen[2])), CLUSTER_START_TIMEOUT,
+                         f"`{line}` to listen")
             return
         line = "; ".join([*self.exports, self.localised(command)])
         self.check(command, subprocess.run(
@@ -265,6 +274,14 @@ class Runner:
             stop_process(self.cluster, signal.SIGKILL)
 
 
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 def _reader_key(cwd: Path, config: re.Match[str] | None) -> Path | None:
     """A client key with at least the read role, when the config has security."""
     if config is None:
@@ -296,7 +313,9 @@ def start_node_with(config: Path, cwd: Path) -> None:
                             for p in files) + "_secret")
 
         def answers() -> bool:
-            assert node.poll() is None, f"the node stopped: {node.stdout.read()}"  # type: ignore[union-attr]
+            if node.poll() is not None:
+                pytest.fail(f"a node started with {config.name} stopped: "
+                            f"{node.stdout.read()}")  # type: ignore[union-attr]
             with Client(address, timeout=0.5, key=key) as c:
                 return c.status(address)["node"] == "readme"
         wait_for(answers, CLUSTER_START_TIMEOUT, f"a node started with {config.name}")
@@ -347,7 +366,7 @@ def test_the_section_runs_as_written(title: str, section_dir: Path) -> None:
 
 def _steps(block: Block, runner: Runner) -> Iterator[object]:
     """What running a block means: its commands in order, or starting a node with it."""
-    reason = skip_reason(block.text)
+    reason = skip_reason(block.text, SKIPPED_BLOCKS)
     if reason is not None:
         runner.skipped.append(f"block {block.text.splitlines()[0]!r}: {reason}")
         return
