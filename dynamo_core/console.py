@@ -46,7 +46,7 @@ def render(renderable: RenderableType, terminal: bool) -> str:
                       width=None if terminal else PLAIN_WIDTH, highlight=False,
                       soft_wrap=not terminal)
     console.print(renderable)
-    return out.getvalue().rstrip("\n")
+    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())
 
 
 def table(*columns: str, title: str | None = None) -> Table:

@@ -226,6 +226,8 @@ class Runner:
         else:
             assert done.returncode == 0, said
             assert "Traceback" not in done.stderr, said
+        # Nothing here is a terminal: progress and tables come as plain lines.
+        assert "\x1b" not in done.stdout + done.stderr, said
         self.last_output = done.stdout
 
     def _spawn(self, command: str) -> subprocess.Popen[bytes]:
