@@ -78,7 +78,8 @@ def status_view(status: Mapping[str, Any], now: float) -> Group:
     members = table("NAME", "ADDRESS", "HEALTH", "SINCE", "MEMBERSHIP", "TOKENS", "OWNS",
                     title="members, as this node sees them")
     for m in status["members"]:
-        members.add_row(m["name"], m["address"], _styled(m["state"], _HEALTH_STYLE),
+        health = "-" if m["status"] == "removed" else m["state"]  # no longer watched
+        members.add_row(m["name"], m["address"], _styled(health, _HEALTH_STYLE),
                         ago(m.get("since"), now), _styled(m["status"], _MEMBERSHIP_STYLE),
                         str(m["tokens"]), f"{100 * m['ownership']:.1f}%")
     return Group(Text("\n".join(_status_summary(status))), Text(""), members, Text(""),
