@@ -72,12 +72,12 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    check_reachable(args.node, args.timeout)
+    _check_reachable(args.node, args.timeout)
     return Client(args.node, timeout=args.timeout, key=args.key_file or None,
                   server_key=args.server_key_file or None)
 
 
-def check_reachable(address: str, timeout: float) -> None:
+def _check_reachable(address: str, timeout: float) -> None:
     """Fail at once, saying why, when nothing could answer at ``address``.
 
     A ZeroMQ socket connects in the background and retries for ever, so a misspelt host or
@@ -227,10 +227,11 @@ def _top_frames(client: Client, addresses: list[str], interval: float) -> Iterat
 
 def cmd_ring(args: argparse.Namespace) -> str:
     from .console import draw_ring, render, ring_document, ring_view
+    if args.png:
+        _require_matplotlib("--png")
     with _client(args) as c:
         doc = ring_document(c.ring(args.node))
     if args.png:
-        _require_matplotlib("--png")
         draw_ring(doc, args.png, f"the ring as {args.node} sees it")
     if args.json:
         return _dump(doc)

@@ -601,3 +601,15 @@ def test_dynamo_cluster_logs_a_peer_going_down_at_info_by_default(tmp_path):
         wait_for(logged, 30, "n1 to log that n2 went down")
     finally:
         rc.close()
+
+
+def test_ring_png_names_the_extra_it_needs_before_asking_any_node(tmp_path):
+    hide = ("import sys; sys.modules['matplotlib'] = None; from dynamo_core.cli import main; "
+            f"sys.exit(main(['ring', '--png', 'ring.png', '--node', "
+            f"'tcp://127.0.0.1:{free_port()}']))")
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True,
+                          timeout=30, cwd=tmp_path)
+    line = one_line_failure(done)
+    assert done.returncode == 1
+    assert "--png needs matplotlib" in line and "[examples]" in line  # not "refused"
+    assert not (tmp_path / "ring.png").exists()
