@@ -444,6 +444,14 @@ def _checked(field: wire.Field) -> Callable[[str], str]:
     return check
 
 
+def _message_type(text: str) -> str:
+    extension, dot, verb = text.partition(".")
+    if not (extension and dot and verb):
+        raise argparse.ArgumentTypeError(f"{text!r} is not '<extension>.<verb>', e.g. "
+                                         f"keycount.total")
+    return text
+
+
 def _context(text: str) -> bytes:
     try:
         return context_from_text(text)
@@ -561,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--context", type=_context, help="context printed by a get (base64)")
 
     p = command("request", cmd_request, "send a protocol extension's message; print the reply")
-    p.add_argument("type", metavar="TYPE", help="message type, '<extension>.<verb>'")
+    p.add_argument("type", metavar="TYPE", type=_message_type,
+                   help="message type, '<extension>.<verb>'")
     p.add_argument("body", metavar="BODY", nargs="?", default="{}",
                    help="the message body as a JSON object (default {}); - reads it "
                         "from stdin, @FILE from a file")

@@ -251,9 +251,11 @@ def test_a_context_that_is_not_base64_is_a_command_line_mistake(cl):
     (["get", "k" * 5000], ["dynamo get:", "KEY", "more than 4096"]),
     (["get", "k", "--bucket", "no spaces"], ["dynamo get:", "--bucket", "bucket name"]),
     (["request", "keycount.total", "[1]"], ["dynamo request:", "BODY", "JSON object"]),
+    (["request", "keycount"], ["dynamo request:", "TYPE", "<extension>.<verb>"]),
     (["put", "k", "1", "--foo"], ["dynamo put: unrecognized arguments: --foo"]),
     (["status", "--frobnicate", "x"], ["dynamo status: unrecognized arguments"]),
-], ids=["empty-key", "long-key", "bad-bucket", "body-not-object", "unknown-flag",
+], ids=["empty-key", "long-key", "bad-bucket", "body-not-object", "type-without-verb",
+        "unknown-flag",
         "unknown-flag-status"])
 def test_every_command_line_mistake_exits_2_naming_the_subcommand(args, words):
     done = dynamo(*args, "--node", f"tcp://127.0.0.1:{free_port()}")
