@@ -31,7 +31,6 @@ import socket
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,7 +243,8 @@ class Runner:
         command = without_comment(self.cluster_command)
         self.cluster = self._spawn(f"{command} --base-port {self.base_port}")
         nodes = int(re.search(r"--nodes (\d+)", command)[1])  # type: ignore[index]
-        key = _reader_key(self.cwd, re.search(r"--config (\S+)", command))
+        config = re.search(r"--config (\S+)", command)
+        key = client_key(config_mod.load(self.cwd / config[1])) if config else None
         wait_for(lambda: self._cluster_ready(nodes, key), CLUSTER_START_TIMEOUT,
                  f"`{command}` to come up")
 
@@ -284,14 +284,12 @@ def _accepts(host: str, port: int) -> bool:
     return True
 
 
-def _reader_key(cwd: Path, config: re.Match[str] | None) -> Path | None:
-    """A client key with at least the read role, when the config has security."""
-    if config is None:
+def client_key(settings: config_mod.Config) -> Path | None:
+    """The secret key of a client the config gives a role (any role may ask for status),
+    when it has security."""
+    if settings.security is None:
         return None
-    settings = config_mod.load(cwd / config[1]).security
-    if settings is None:
-        return None
-    public = next(p for files in settings.clients.values() for p in files)
+    public = next(p for files in settings.security.clients.values() for p in files)
     return Path(public + "_secret")
 
 
@@ -308,12 +306,8 @@ def start_node_with(config: Path, cwd: Path) -> None:
          "--data-dir", str(cwd / "readme-node"), "--config", str(config)],
         cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
+    key = client_key(settings)
     try:
-        key = None
-        if settings.security is not None:
-            key = Path(next(p for files in settings.security.clients.values()
-                            for p in files) + "_secret")
-
         def answers() -> bool:
             if node.poll() is not None:
                 pytest.fail(f"a node started with {config.name} stopped: "
@@ -357,8 +351,7 @@ def test_the_section_runs_as_written(title: str, section_dir: Path) -> None:
     runner = Runner(section_dir, cluster_command=section.inherited_cluster)
     try:
         for block in section.blocks:
-            for step in _steps(block, runner):
-                step()
+            run_block(block, runner)
         runner.stop_cluster()
     finally:
         runner.close()
@@ -366,8 +359,8 @@ def test_the_section_runs_as_written(title: str, section_dir: Path) -> None:
         print(f"skipped: {line}")
 
 
-def _steps(block: Block, runner: Runner) -> Iterator[object]:
-    """What running a block means: its commands in order, or starting a node with it."""
+def run_block(block: Block, runner: Runner) -> None:
+    """A shell block's commands in order; a TOML block starts a node."""
     reason = skip_reason(block.text, SKIPPED_BLOCKS)
     if reason is not None:
         runner.skipped.append(f"block {block.text.splitlines()[0]!r}: {reason}")
@@ -375,10 +368,10 @@ def _steps(block: Block, runner: Runner) -> Iterator[object]:
     if block.kind == "toml":
         config = runner.cwd / "dynamo.toml"  # the name the Security section gives it
         config.write_text(block.text)
-        yield lambda: start_node_with(config, runner.cwd)
+        start_node_with(config, runner.cwd)
         return
     for command in commands(block.text):
-        yield lambda command=command: runner.run(command)
+        runner.run(command)
 
 
 def test_the_configuration_block_is_the_sample_config_file(tmp_path: Path) -> None:
