@@ -10,22 +10,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib.util
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 from . import config as config_mod
-from . import transfers
+from . import transfers, wire
 from .address import AddressError, parse
 from .client import DEFAULT_BUCKET, Client
-from .errors import ConfigError, DynamoError
+from .errors import ConfigError, DynamoError, Unavailable
 from .progress import ProgressLine
-from .versions import context_text
+from .versions import context_from_text, context_text
 
 DEFAULT_NODE = os.environ.get("DYNAMO_NODE", "tcp://127.0.0.1:7101")
 DEFAULT_BASE_PORT = 7100
@@ -87,8 +91,40 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 
 
 def _client(args: argparse.Namespace) -> Client:
+    _check_reachable(args.node, args.timeout)
     return Client(args.node, timeout=args.timeout, key=args.key_file or None,
                   server_key=args.server_key_file or None)
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """Fail at once, saying why, when nothing could answer at ``address``.
+
+    A ZeroMQ socket connects in the background and retries for ever, so a misspelt host or
+    a port nobody listens on would look like a slow node: the whole timeout, then "no
+    answer". Resolving the host (over IPv4, as ZeroMQ does, unless it is written as an IPv6
+    address) and one plain TCP connection tell those apart first. The connection closes
+    before ZeroMQ's greeting: a node sees nothing of it, whether it runs with security or not.
+    """
+    endpoint = parse(address)
+    family = socket.AF_INET6 if endpoint.ipv6 else socket.AF_INET
+    try:
+        found = socket.getaddrinfo(endpoint.host, endpoint.port, family, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Unavailable(f"{address}: unknown host {endpoint.host!r} ({exc.strerror})") \
+            from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(found[0][4])
+        except ConnectionRefusedError:
+            raise Unavailable(f"{address}: connection refused (no node listens there; is it "
+                              f"running, and is the port right?)") from None
+        except TimeoutError:
+            raise Unavailable(f"{address}: no answer within {timeout:g}s (the TCP connection "
+                              f"was not accepted: the host is down or a firewall drops it)") \
+                from None
+        except OSError as exc:
+            raise Unavailable(f"{address}: {exc.strerror or exc}") from None
 
 
 def cmd_get(args: argparse.Namespace) -> str:
@@ -105,11 +141,26 @@ def cmd_get(args: argparse.Namespace) -> str:
 
 
 def _parse_value(text: str, what: str = "VALUE") -> Any:
+    """JSON typed on the command line, or read from stdin (``-``) or a file (``@FILE``):
+    an argument list holds about 128 KB at most, a value may be larger."""
     try:
-        return json.loads(text)
+        return json.loads(_argument_text(text, what))
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{what} is not valid JSON ({exc.msg} at column {exc.colno}); "
-                         f"quote strings, e.g. '\"book\"'") from None
+        raise UsageError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                         f"{exc.colno}); quote strings, e.g. '\"book\"'") from None
+
+
+def _argument_text(text: str, what: str) -> str:
+    """The text itself; stdin's for ``-``; the file's for ``@FILE`` (neither is JSON)."""
+    if text == "-":
+        return sys.stdin.read()
+    if not text.startswith("@"):
+        return text
+    try:
+        return Path(text[1:]).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"{what} {text}: cannot read {text[1:]!r} ({reason})") from None
 
 
 def cmd_put(args: argparse.Namespace) -> str:
@@ -141,52 +192,76 @@ def cmd_request(args: argparse.Namespace) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> str:
+    from .console import render, status_view
     with _client(args) as c:
         status = c.status(args.node)
     if args.json:
         return _dump(status)
-    now = time.time()
-    rows = [[m["name"], m["address"], m["state"], _ago(m.get("since"), now), m["status"],
-             m["tokens"], f"{100 * m['ownership']:.1f}%"] for m in status["members"]]
-    ae = status.get("anti_entropy", {})
-    ov = status.get("overload", {})
-    return "\n".join([
-        f"node {status['node']} ({status['address']}), engine {status['engine']}, "
-        f"failure detector {status.get('failure_detector', '?')}",
-        _readiness_line(status),
-        f"keys held: {status['keys']}   hints pending: {status['hints_pending']} "
-        f"(delivered {status.get('hints_delivered', 0)})   "
-        f"open requests: {status['pending_requests']}   read repairs: {status['read_repairs']}",
-        f"anti-entropy: {ae.get('exchanges', 0)} exchanges, {ae.get('keys_sent', 0)} keys "
-        f"sent, {ae.get('keys_fetched', 0)} fetched, {ae.get('keys_handed_off', 0)} handed "
-        f"off, {ae.get('tombstones_reaped', 0)} tombstones reaped",
-        f"partitioning: {status.get('partitioning', '?')}"
-        + (f" ({status['partitions']} partitions)" if status.get("partitions") else "")
-        + f"   extensions: {', '.join(status.get('extensions', [])) or 'none'}"
-        f"   plugin errors: {status.get('plugin_errors', 0)}",
-        f"overload: {'behind' if ov.get('behind') else 'keeping up'}; refused "
-        f"{ov.get('overloaded_refusals', 0)} (standing queue), "
-        f"{ov.get('in_flight_refusals', 0)} (requests in flight), "
-        f"{ov.get('rate_limited', 0)} (over a client's rate)",
-        "", _table(rows, ["NAME", "ADDRESS", "STATE", "SINCE", "STATUS", "TOKENS", "OWNS"]),
-        *_status_meanings(status["members"])])
+    return render(status_view(status, time.time()), _terminal())
 
 
-def _readiness_line(status: dict[str, Any]) -> str:
-    if status.get("ready"):
-        return "ready: true"
-    return f"ready: false ({'; '.join(status.get('not_ready', []))})"
+def _terminal() -> bool:
+    """Colours and live views only for a person at a terminal: a pipe gets plain lines."""
+    return sys.stdout.isatty()
 
 
-def _status_meanings(members: list[dict[str, Any]]) -> list[str]:
-    """Below the table: what each STATUS shown means (STATE is this node's opinion of the
-    peer's health; STATUS is where the member stands in the cluster)."""
-    meanings = {m["status"]: m.get("meaning") for m in members if m.get("meaning")}
-    return [f"  {status}: {meaning}" for status, meaning in sorted(meanings.items())]
+def cmd_top(args: argparse.Namespace) -> str:
+    """Every node's own counters, refreshed: live on a terminal, a table per refresh (or
+    just one, ``--once``) anywhere else."""
+    from .console import render
+    with _client(args) as c:
+        addresses = sorted(m["address"] for m in c.status(args.node)["members"]
+                           if m["status"] != "removed")
+        frames = _top_frames(c, addresses, args.interval)
+        if args.once:
+            next(frames)  # the rates need a first reading to count from
+            return render(next(frames), _terminal())
+        if _terminal():
+            from rich.live import Live
+            with Live(next(frames), auto_refresh=False) as live:
+                for frame in frames:
+                    live.update(frame, refresh=True)
+        for frame in frames:  # until Ctrl-C
+            print(render(frame, False) + "\n", flush=True)
+    return ""
 
 
-def _ago(when: float | None, now: float) -> str:
-    return "-" if when is None else f"{max(0.0, now - when):.0f}s ago"
+def _top_frames(client: Client, addresses: list[str], interval: float) -> Iterator[Any]:
+    """A view of every node each ``interval`` seconds (the first one at once)."""
+    from .console import top_view
+    previous: dict[str, dict[str, Any] | str] = {}
+    taken = time.monotonic()
+    while True:
+        current: dict[str, dict[str, Any] | str] = {}
+        for address in addresses:
+            try:
+                current[address] = client.status(address)
+            except DynamoError as exc:
+                current[address] = str(exc)
+        now = time.monotonic()
+        yield top_view(current, previous, now - taken, time.strftime("%H:%M:%S"))
+        previous, taken = current, now
+        time.sleep(interval)
+
+
+def cmd_ring(args: argparse.Namespace) -> str:
+    from .console import draw_ring, render, ring_document, ring_view
+    if args.png:
+        _require_matplotlib("--png")
+    with _client(args) as c:
+        doc = ring_document(c.ring(args.node))
+    if args.png:
+        draw_ring(doc, args.png, f"the ring as {args.node} sees it")
+    if args.json:
+        return _dump(doc)
+    saved = f"\nring drawn in {args.png}" if args.png else ""
+    return render(ring_view(doc, args.node), _terminal()) + saved
+
+
+def _require_matplotlib(option: str) -> None:
+    from .bench import EXTRA
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError(f"{option} needs matplotlib, which is not installed: {EXTRA}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> str:
@@ -257,9 +332,11 @@ def _followed(args: argparse.Namespace, change: str,
 
 
 def cmd_plugins(args: argparse.Namespace) -> str:
+    from .extensions import check_options
     from .plugins import Registry, make_plugin_manager
     cfg = config_mod.load(args.config)
     registry = Registry(make_plugin_manager(cfg.plugin_modules))
+    check_options(cfg.extensions, registry)  # what a node started with this config would
     dists = {name: f"{dist.project_name} {dist.version}"
              for name, dist in _plugin_distributions(registry)}
     def where(plugin: str) -> str:
@@ -298,14 +375,38 @@ def _plugin_distributions(registry: Any) -> list[tuple[str, Any]]:
 # ====================================================================== running nodes
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+class JsonLines(logging.Formatter):
+    """One JSON object a line, for log collectors (journald, Loki, jq): the time in UTC,
+    the level, the logger, the message (a node's core starts it with the node's name), and
+    the traceback when there is one, so a record never spans two lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                   timespec="milliseconds"),
+               "level": record.levelname.lower(), "logger": record.name,
+               "message": record.getMessage()}
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+LOG_FORMATS = {"text": lambda: logging.Formatter(
+                   "%(asctime)s %(levelname)s %(name)s: %(message)s"),
+               "json": JsonLines}
+
+
+def _setup_logging(level: str, log_format: str = "text", log_file: str | None = None) -> None:
+    """Logs go to stderr, or appended to ``log_file`` (which a service manager or a
+    ``dynamo cluster`` run need not keep a terminal for)."""
+    handler = logging.StreamHandler(sys.stderr) if log_file is None else \
+        logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(LOG_FORMATS[log_format]())
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def cmd_node(args: argparse.Namespace) -> str:
     from .node import Node, run_loop, run_node
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format, args.log_file)
     cfg = config_mod.load(args.config)
     data_dir = args.data_dir or os.path.join(DEFAULT_DATA_DIR, args.name)
     try:
@@ -329,7 +430,7 @@ def cmd_node(args: argparse.Namespace) -> str:
 def cmd_cluster(args: argparse.Namespace) -> str:
     from .cluster import run_cluster
     return run_cluster(args.nodes, args.base_port, args.data_dir, args.config, args.log_level,
-                       restart=not args.no_restart)
+                       args.log_format, restart=not args.no_restart)
 
 
 def cmd_wait(args: argparse.Namespace) -> str:
@@ -382,6 +483,33 @@ def _address(text: str) -> str:
     return text
 
 
+def _checked(field: wire.Field) -> Callable[[str], str]:
+    """A key or bucket name as the wire schema takes it: refused here, as a usage error,
+    rather than by the node as an invalid request."""
+    def check(text: str) -> str:
+        try:
+            field.check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return check
+
+
+def _message_type(text: str) -> str:
+    extension, dot, verb = text.partition(".")
+    if not (extension and dot and verb):
+        raise argparse.ArgumentTypeError(f"{text!r} is not '<extension>.<verb>', e.g. "
+                                         f"keycount.total")
+    return text
+
+
+def _context(text: str) -> bytes:
+    try:
+        return context_from_text(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
@@ -420,6 +548,15 @@ def _key_arguments(p: argparse.ArgumentParser) -> None:
                         "cluster.key beside --key)")
 
 
+def _log_arguments(p: argparse.ArgumentParser) -> None:
+    """A node's log: at info it tells of peers going down and coming back, and of members
+    joining and leaving; json writes one object a line."""
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="the nodes' log level (default info)")
+    p.add_argument("--log-format", default="text", choices=sorted(LOG_FORMATS),
+                   help="text lines (default) or one JSON object a line")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dynamo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -427,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, fn: Callable[[argparse.Namespace], str], help_text: str, *,
                 client: bool = True, json_out: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(fn=fn)
+        p.set_defaults(fn=fn, parser=p)
         if client:
             p.add_argument("--node", type=_address, default=DEFAULT_NODE,
                            help=f"node to ask (default {DEFAULT_NODE}, or $DYNAMO_NODE)")
@@ -439,8 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def keyed(p: argparse.ArgumentParser) -> None:
-        p.add_argument("key", metavar="KEY")
-        p.add_argument("--bucket", default=DEFAULT_BUCKET, help="bucket (default 'default')")
+        p.add_argument("key", metavar="KEY", type=_checked(wire.KEY))
+        p.add_argument("--bucket", default=DEFAULT_BUCKET, type=_checked(wire.BUCKET),
+                       help="bucket (default 'default')")
 
     p = command("node", cmd_node, "run one node in the foreground", client=False, json_out=False)
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -458,7 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help=f"where this node keeps its data "
                                       f"(default {DEFAULT_DATA_DIR}/NAME)")
     p.add_argument("--config", help="TOML configuration file")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _log_arguments(p)
+    p.add_argument("--log-file", metavar="FILE",
+                   help="append the log to FILE instead of writing it to stderr")
     p.add_argument("--keep-data", action="store_true",
                    help="keep replicas held from before an absence longer than the tombstone "
                         "grace (by default they are dropped: they could resurrect deletes)")
@@ -471,8 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help=f"node i keeps its data in DIR/n<i> (default {DEFAULT_DATA_DIR})")
     p.add_argument("--config", help="TOML configuration file for every node")
-    p.add_argument("--log-level", default="warning",
-                   choices=["debug", "info", "warning", "error"])
+    _log_arguments(p)
     p.add_argument("--no-restart", action="store_true",
                    help="leave a node that dies dead (by default it is restarted, with "
                         "backoff, on its data)")
@@ -492,20 +631,34 @@ def build_parser() -> argparse.ArgumentParser:
     keyed(p)
     p.add_argument("--r", type=_positive(int), help="read quorum for this request")
 
-    for name, fn, text in (("put", cmd_put, "write a key (VALUE is JSON)"),
+    for name, fn, text in (("put", cmd_put, "write a key (VALUE is JSON, - for stdin, "
+                                             "@FILE for a file's)"),
                            ("delete", cmd_delete, "delete a key")):
         p = command(name, fn, text)
         keyed(p)
         if name == "put":
-            p.add_argument("value", metavar="VALUE")
+            p.add_argument("value", metavar="VALUE",
+                           help="JSON; - reads it from stdin, @FILE from a file")
         p.add_argument("--w", type=_positive(int), help="write quorum for this request")
-        p.add_argument("--context", help="context printed by a get (base64)")
+        p.add_argument("--context", type=_context, help="context printed by a get (base64)")
 
     p = command("request", cmd_request, "send a protocol extension's message; print the reply")
-    p.add_argument("type", metavar="TYPE", help="message type, '<extension>.<verb>'")
+    p.add_argument("type", metavar="TYPE", type=_message_type,
+                   help="message type, '<extension>.<verb>'")
     p.add_argument("body", metavar="BODY", nargs="?", default="{}",
-                   help="the message body as a JSON object (default {})")
+                   help="the message body as a JSON object (default {}); - reads it "
+                        "from stdin, @FILE from a file")
     command("status", cmd_status, "membership, ring ownership and counters as a node sees them")
+    p = command("top", cmd_top, "every node's counters, refreshed (live on a terminal)",
+                json_out=False)
+    p.add_argument("--interval", type=_positive(float), default=2.0,
+                   help="seconds between refreshes (default 2)")
+    p.add_argument("--once", action="store_true",
+                   help="print one view (after one interval, for the rates) and exit")
+    p = command("ring", cmd_ring, "the ring as a node sees it: each member's ranges and "
+                                  "share, as first home and as replica")
+    p.add_argument("--png", metavar="FILE", help="also draw the ring, its owners and "
+                   "replicas, into FILE (needs matplotlib)")
     p = command("inspect", cmd_inspect, "the versions of KEY in one node's local storage")
     keyed(p)
     p = command("preflist", cmd_preflist, "the preference list of KEY as a node sees it")
@@ -564,7 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # named by the subcommand's parser: "dynamo put: unrecognized arguments"
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         out = args.fn(args)
     except UsageError as exc:

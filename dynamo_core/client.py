@@ -381,6 +381,15 @@ class Client:
     def ping(self, node: str | None = None) -> str:
         return str(self._call("ping", {}, node).get("node", ""))
 
+    def ring(self, node: str | None = None) -> RingView:
+        """The ring as ``node`` sees it: tokens, owners, members' addresses and states."""
+        body = self._call("ring", {}, node)
+        try:
+            return RingView.from_wire(body, time.monotonic())
+        except ValueError as exc:
+            raise DynamoError(f"the ring {node or 'a node'} sent makes no sense: {exc}") \
+                from None
+
     def request(self, msg_type: str, body: dict[str, Any] | None = None,
                 node: str | None = None) -> dict[str, Any]:
         """Send a protocol extension's message (``"<extension>.<verb>"``); its reply body."""

@@ -80,7 +80,7 @@ def check_ports_free(addresses: Sequence[str]) -> None:
 
 
 def _node_command(i: int, addresses: list[str], data_dir: str, config: str | None,
-                  log_level: str) -> list[str]:
+                  log_level: str, log_format: str = "text") -> list[str]:
     """The command running node ``n<i>`` (1-based) of ``addresses``, seeded with the others.
 
     It advertises its own address whatever the shared config says: a ``[node] advertise``
@@ -88,7 +88,8 @@ def _node_command(i: int, addresses: list[str], data_dir: str, config: str | Non
     """
     cmd = [sys.executable, "-m", "dynamo_core.cli", "node", "--name", f"n{i}",
            "--listen", addresses[i - 1], "--advertise", addresses[i - 1],
-           "--data-dir", os.path.join(data_dir, f"n{i}"), "--log-level", log_level]
+           "--data-dir", os.path.join(data_dir, f"n{i}"), "--log-level", log_level,
+           "--log-format", log_format]
     for j, address in enumerate(addresses, 1):
         if j != i:
             cmd += ["--seed", address]
@@ -237,7 +238,7 @@ def _say(text: str) -> None:
 
 
 def run_cluster(count: int, base_port: int, data_dir: str, config: str | None,
-                log_level: str, restart: bool = True) -> str:
+                log_level: str, log_format: str = "text", restart: bool = True) -> str:
     """``dynamo cluster``: check the ports, start the nodes, announce them once the cluster
     is ready, keep them running (``restart``) until Ctrl-C or SIGTERM, then stop them all.
     Raises OSError (exit status 1) when a port is taken or a node dies while starting."""
@@ -252,7 +253,8 @@ def run_cluster(count: int, base_port: int, data_dir: str, config: str | None,
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    supervisor = Supervisor({f"n{i}": _node_command(i, addresses, data_dir, config, log_level)
+    supervisor = Supervisor({f"n{i}": _node_command(i, addresses, data_dir, config, log_level,
+                                                    log_format)
                              for i in range(1, count + 1)}, restart, _say)
     try:
         supervisor.start()

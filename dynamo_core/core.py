@@ -52,7 +52,7 @@ from .extensions import OBSERVED_OPS, CoreEdge, Edge, Extensions, members_view
 from .handoff import HintDelivery, HintStore
 from .identity import Epoch, choose_actor, new_boot
 from .liveness import Liveness
-from .membership import Member, Membership, removal_of
+from .membership import Member, Membership, member_records, membership_changes, removal_of
 from .overload import OverloadGuard
 from .plugins import Registry, make_plugin_manager
 from .readiness import STATUS_MEANINGS, Facts, not_ready
@@ -258,7 +258,8 @@ class NodeCore:
                                        request_timeout=config.request_timeout,
                                        max_clock_entries=config.max_clock_entries,
                                        max_pending=config.max_pending_requests)
-        self.liveness = Liveness(self.name, detector, config.heartbeat_interval)
+        self.liveness = Liveness(self.name, detector, config.heartbeat_interval,
+                                 on_change=self._peer_state_changed)
         self.overload = OverloadGuard(config.overload, self.coordinator.pending,
                                       self.log.warning)
         self.tasks = tasks.Scheduler(self.now, self._start_call, self._admit, self._run_external,
@@ -301,6 +302,8 @@ class NodeCore:
         for message_type in self.extensions.message_types():
             self._handlers[message_type] = self._handle_extension
         self._membership_seen = self.membership.generation
+        #: each member's (status, address) as last logged: changes are logged at info
+        self._members_logged = member_records(self.membership.members())
 
     def _pick_strategy(self) -> PartitionStrategy:
         """The configured partition strategy, its options checked now rather than mid-gossip."""
@@ -643,6 +646,7 @@ class NodeCore:
         self.tasks.run_ready()
         if self.membership.generation != self._membership_seen:
             self._membership_seen = self.membership.generation
+            self._log_membership_changes()
             # Before any answer leaves: a removal this node was asked for is durable here
             # once acknowledged, and survives a restart of every node that heard of it.
             self._save_identity()
@@ -650,6 +654,16 @@ class NodeCore:
             self.tasks.run_ready()
         out, self._out = self._out, []
         return out
+
+    def _log_membership_changes(self) -> None:
+        """An operator reading the log learns who joined, left or moved, at info level."""
+        records = member_records(self.membership.members())
+        for line in membership_changes(self._members_logged, records):
+            self.log.info("membership: %s", line)
+        self._members_logged = records
+
+    def _peer_state_changed(self, peer: str, before: str, after: str) -> None:
+        self.log.info("peer %s is %s (was %s)", peer, after, before)
 
     def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> tasks.Task:
         """Run ``coro`` as a task of this node's scheduler."""

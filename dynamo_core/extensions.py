@@ -159,6 +159,13 @@ class NodeHandle:
         return f"NodeHandle({self.name})"
 
 
+def check_options(options: Mapping[str, Any], registry: Registry) -> None:
+    """Options (``[extensions.<name>]``) for an extension that is not installed stop a node
+    at start, and ``dynamo plugins --config`` says so too: ConfigError listing the names."""
+    for name in options:
+        registry.pick("protocol extension", name)
+
+
 class Extensions:
     """Every installed protocol extension of one node, and its plugins' hooks."""
 
@@ -172,7 +179,7 @@ class Extensions:
         #: hooks that raised, and extension handlers or tasks that failed unexpectedly
         self.errors = 0
         self._running = 0
-        self._check_options(registry)
+        check_options(self.host.config.extensions, registry)
         self.installed: dict[str, ProtocolExtension] = {
             name: self._build(name, registry.pick("protocol extension", name))
             for name in registry.names("protocol extension")}
@@ -184,10 +191,6 @@ class Extensions:
         self._observers = call_order(self.pm, "dynamo_request_completed")
 
     # ------------------------------------------------------------------ set-up
-
-    def _check_options(self, registry: Registry) -> None:
-        for name in self.host.config.extensions:
-            registry.pick("protocol extension", name)  # unknown: ConfigError listing them
 
     def _build(self, name: str, factory: Callable[[NodeAPI], ProtocolExtension]
                ) -> ProtocolExtension:

@@ -11,14 +11,17 @@ Pure logic: time comes in as ``now``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .api import FailureDetector
 
 
 class Liveness:
-    def __init__(self, me: str, detector: FailureDetector, heartbeat_interval: float) -> None:
+    def __init__(self, me: str, detector: FailureDetector, heartbeat_interval: float,
+                 on_change: Callable[[str, str, str], None] | None = None) -> None:
         self.me = me
+        #: told (peer, state before, state now) when a peer's state changes: a node logs it
+        self.on_change = on_change
         self.detector = detector
         self.heartbeat_interval = heartbeat_interval
         self._last_heard: dict[str, float] = {}
@@ -56,6 +59,8 @@ class Liveness:
         previous = self._states.get(peer)
         if previous is None or previous[0] != state:
             self._states[peer] = (state, now)
+            if previous is not None and self.on_change is not None:
+                self.on_change(peer, previous[0], state)
         return state
 
     def is_down(self, peer: str, now: float) -> bool:

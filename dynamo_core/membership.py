@@ -305,3 +305,23 @@ class Membership:
             return rng.choice(self.seeds)
         return rng.choice(peers) if peers else None
 
+
+def member_records(members: Iterable[Member]) -> dict[str, tuple[str, str]]:
+    """What an operator follows of each member: its status and its address."""
+    return {m.name: (m.status, m.address) for m in members}
+
+
+def membership_changes(before: Mapping[str, tuple[str, str]],
+                       after: Mapping[str, tuple[str, str]]) -> list[str]:
+    """The changes between two :func:`member_records`, one sentence each."""
+    lines = []
+    for name, (status, address) in sorted(after.items()):
+        old = before.get(name)
+        if old is None:
+            lines.append(f"{name} appeared at {address} ({status})")
+            continue
+        if old[0] != status:
+            lines.append(f"{name} is {status} (was {old[0]})")
+        if old[1] != address:
+            lines.append(f"{name} moved to {address} (was {old[1]})")
+    return lines

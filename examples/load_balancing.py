@@ -370,8 +370,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def require_matplotlib() -> None:
+    """Say what to install before the sweep's minutes of work, not after them."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        sys.exit("load_balancing.py draws its plot with matplotlib, which is not installed: "
+                 "python -m pip install -e '.[examples]' (from the repository root)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    require_matplotlib()
     started = time.perf_counter()
     seeds = range(args.first_seed,
                   args.first_seed + (args.seeds or (2 if args.quick else 5)))

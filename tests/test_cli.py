@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import free_port, process_gone, wait_for
+from conftest import RunningCluster, free_port, process_gone, wait_for
 
 from dynamo_core.client import Client
 
@@ -237,10 +238,51 @@ def test_a_bad_argument_exits_non_zero_with_a_clear_message(args, words):
         assert word in last, last
 
 
-def test_a_context_that_is_not_base64_fails_with_one_line(cl):
-    line = one_line_failure(dynamo("put", "k", "1", "--context", "!!not base64!!",
-                                   "--node", cl.addresses[0]))
-    assert "context" in line
+def test_a_context_that_is_not_base64_is_a_command_line_mistake(cl):
+    done = dynamo("put", "k", "1", "--context", "!!not base64!!", "--node", cl.addresses[0])
+    line = one_line_failure(done)
+    assert done.returncode == 2
+    assert line.startswith("dynamo put:") and "--context" in line and "base64" in line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["put", "", "1"], ["dynamo put:", "KEY", "non-empty key"]),
+    (["get", "k" * 5000], ["dynamo get:", "KEY", "more than 4096"]),
+    (["get", "k", "--bucket", "no spaces"], ["dynamo get:", "--bucket", "bucket name"]),
+    (["request", "keycount.total", "[1]"], ["dynamo request:", "BODY", "JSON object"]),
+    (["request", "keycount"], ["dynamo request:", "TYPE", "<extension>.<verb>"]),
+    (["put", "k", "1", "--foo"], ["dynamo put: unrecognized arguments: --foo"]),
+    (["status", "--frobnicate", "x"], ["dynamo status: unrecognized arguments"]),
+], ids=["empty-key", "long-key", "bad-bucket", "body-not-object", "type-without-verb",
+        "unknown-flag",
+        "unknown-flag-status"])
+def test_every_command_line_mistake_exits_2_naming_the_subcommand(args, words):
+    done = dynamo(*args, "--node", f"tcp://127.0.0.1:{free_port()}")
+    line = one_line_failure(done)
+    assert done.returncode == 2, line
+    for word in words:
+        assert word in line, line
+
+
+def test_a_value_larger_than_an_argument_list_goes_through_stdin_or_a_file(cl, key, tmp_path):
+    n1 = cl.addresses[0]
+    big = {"blob": "x" * 300_000}  # past what one command-line argument may hold (128 KB)
+    done = subprocess.run([*CLI, "put", key, "-", "--node", n1, "--json"], input=json.dumps(big),
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert ok_json("get", key, "--node", n1)["values"] == [big]
+
+    (tmp_path / "value.json").write_text(json.dumps({"blob": "y"}))
+    context = ok_json("get", key, "--node", n1)["context"]
+    ok_json("put", key, f"@{tmp_path / 'value.json'}", "--context", context, "--node", n1)
+    assert ok_json("get", key, "--node", n1)["values"] == [{"blob": "y"}]
+
+
+def test_a_value_file_that_cannot_be_read_is_a_command_line_mistake(tmp_path):
+    done = dynamo("put", "k", f"@{tmp_path / 'missing.json'}")
+    line = one_line_failure(done)
+    assert done.returncode == 2
+    assert line.startswith("dynamo put: VALUE @") and "missing.json" in line
 
 
 def test_a_quorum_above_n_fails_with_one_line(cl):
@@ -250,11 +292,32 @@ def test_a_quorum_above_n_fails_with_one_line(cl):
 
 @pytest.mark.parametrize("args", [["get", "k"], ["put", "k", "1"], ["delete", "k"],
                                   ["status"], ["inspect", "k"], ["preflist", "k"]])
-def test_an_unreachable_node_fails_within_the_timeout_with_one_line(args):
+def test_a_port_nobody_listens_on_fails_at_once_saying_connection_refused(args):
     address = f"tcp://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    done = dynamo(*args, "--node", address, "--timeout", "0.5")
+    done = dynamo(*args, "--node", address, "--timeout", "30")
     elapsed = time.monotonic() - started
+    line = one_line_failure(done)
+    assert done.returncode == 1
+    assert "connection refused" in line and address in line
+    assert elapsed < 10  # interpreter start-up, not the 30 s timeout
+
+
+def test_an_unknown_host_fails_at_once_saying_so():
+    done = dynamo("get", "k", "--node", "tcp://no-such-host.invalid:7101", "--timeout", "30")
+    line = one_line_failure(done)
+    assert done.returncode == 1
+    assert "unknown host 'no-such-host.invalid'" in line
+
+
+def test_a_listener_that_never_answers_fails_within_the_timeout_with_one_line():
+    with socket.socket() as silent:  # accepts TCP connections (backlog), says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        done = dynamo("get", "k", "--node", address, "--timeout", "0.5")
+        elapsed = time.monotonic() - started
     line = one_line_failure(done)
     assert done.returncode == 1
     assert "no answer within 0.5s" in line and address in line
@@ -392,3 +455,105 @@ def test_a_reader_that_leaves_early_is_no_error(tmp_path):
     proc = subprocess.run(f"{command} | true; exit ${{PIPESTATUS[0]}}", shell=True,
                           executable="/bin/bash", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+# ====================================================================== status, top, ring
+
+
+def no_escape_codes(text: str) -> None:
+    """Piped output is plain lines: no colours, no cursor movement."""
+    assert "\x1b" not in text, repr(text[:200])
+
+
+def test_status_names_health_and_membership_apart_and_explains_them(cl):
+    done = dynamo("status", "--node", cl.addresses[0])
+    assert done.returncode == 0, done.stderr
+    no_escape_codes(done.stdout)
+    header = next(line for line in done.stdout.splitlines() if line.startswith("NAME"))
+    assert header.split() == ["NAME", "ADDRESS", "HEALTH", "SINCE", "MEMBERSHIP", "TOKENS",
+                              "OWNS"]
+    for word in ("HEALTH", "failure detector", "MEMBERSHIP", "gossip", "joining", "leaving"):
+        assert word in done.stdout.split(header)[1], word  # the legend under the table
+
+
+def test_top_once_shows_every_node_in_plain_lines(cl):
+    done = dynamo("top", "--once", "--interval", "0.2", "--node", cl.addresses[0])
+    assert done.returncode == 0, done.stderr
+    no_escape_codes(done.stdout)
+    for name, address in zip(cl.names, cl.addresses, strict=True):
+        assert re.search(rf"^{name}\s+{re.escape(address)}\s+3/3\s", done.stdout,
+                         re.MULTILINE), done.stdout
+    assert "REPAIRS/s" in done.stdout and "per second" in done.stdout
+
+
+def test_ring_shares_add_up_and_draw(cl, tmp_path):
+    doc = ok_json("ring", "--node", cl.addresses[0])
+    assert doc["n"] == 3 and {m["name"] for m in doc["members"]} == set(cl.names)
+    assert sum(m["primary"] for m in doc["members"]) == pytest.approx(1.0, abs=1e-4)
+    # three nodes, three copies of every key: each holds all of it
+    assert all(m["replica"] == pytest.approx(1.0, abs=1e-4) for m in doc["members"])
+    assert all(len(r["homes"]) == 3 for r in doc["ranges"])
+
+    png = tmp_path / "ring.png"
+    done = dynamo("ring", "--png", str(png), "--node", cl.addresses[0])
+    assert done.returncode == 0, done.stderr
+    no_escape_codes(done.stdout)
+    assert png.read_bytes().startswith(b"\x89PNG")
+    for name in cl.names:
+        assert re.search(rf"^{name}\s+tcp://", done.stdout, re.MULTILINE)
+
+
+# ====================================================================== logs
+
+
+def test_a_node_logs_one_json_object_a_line_to_a_file(tmp_path):
+    log = tmp_path / "node.log"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    node = subprocess.Popen([*CLI, "node", "--name", "solo", "--listen", address,
+                             "--data-dir", str(tmp_path / "solo"), "--log-format", "json",
+                             "--log-file", str(log)], stdin=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: log.exists() and "listening" in log.read_text(), 15,
+                 "the node's first log lines")
+    finally:
+        node.send_signal(signal.SIGTERM)
+        _, stderr = node.communicate(timeout=15)
+    assert stderr == ""  # everything went to the file
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["level"] == "info" and "listening on" in r["message"] for r in records)
+
+
+def test_dynamo_cluster_logs_a_peer_going_down_at_info_by_default(tmp_path):
+    rc = RunningCluster(tmp_path, "--log-format", "json", nodes=2)
+    try:
+        wait_for(lambda: len(rc.node_pids()) == 2, 15, "the nodes to start")
+        addresses = [f"tcp://127.0.0.1:{rc.base + i}" for i in (1, 2)]
+
+        def both_see_both() -> bool:
+            with Client(addresses, timeout=0.5) as c:
+                return all({m["name"] for m in c.status(node=a)["members"]
+                            if m["state"] == "up"} == {"n1", "n2"} for a in addresses)
+        wait_for(both_see_both, 15, "the two nodes to see each other")
+        os.kill(rc.node_pids()["n2"], signal.SIGKILL)
+
+        def logged() -> list[dict]:
+            records = [json.loads(line) for line in rc.lines if line.startswith("{")]
+            return [r for r in records if r["level"] == "info"
+                    and re.match(r"n1: peer n2 is (suspect|down) \(was up\)", r["message"])]
+        wait_for(logged, 30, "n1 to log that n2 went down")
+    finally:
+        rc.close()
+
+
+def test_ring_png_names_the_extra_it_needs_before_asking_any_node(tmp_path):
+    hide = ("import sys; sys.modules['matplotlib'] = None; from dynamo_core.cli import main; "
+            f"sys.exit(main(['ring', '--png', 'ring.png', '--node', "
+            f"'tcp://127.0.0.1:{free_port()}']))")
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True,
+                          timeout=30, cwd=tmp_path)
+    line = one_line_failure(done)
+    assert done.returncode == 1
+    assert "--png needs matplotlib" in line and "[examples]" in line  # not "refused"
+    assert not (tmp_path / "ring.png").exists()

@@ -323,3 +323,27 @@ def test_peer_stores_script_explains_itself_without_any_server() -> None:
     proc = subprocess.run([sys.executable, str(EXAMPLES / "peer_stores.py"), "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "etcd" in proc.stdout and "redis" in proc.stdout
+
+
+# ====================================================================== first contact
+
+
+def test_quickstart_explains_itself_without_a_cluster() -> None:
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "quickstart.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "dynamo cluster" in " ".join(proc.stdout.split())
+
+
+def test_load_balancing_names_the_extra_it_needs_before_doing_its_work() -> None:
+    """Without matplotlib it stops at once, naming the extra (not after minutes of sweep)."""
+    script = str(EXAMPLES / "load_balancing.py")
+    hide = ("import runpy, sys; sys.modules['matplotlib'] = None; sys.argv = [sys.argv[0]]; "
+            f"runpy.run_path({script!r}, run_name='__main__')")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert "matplotlib" in proc.stderr and ".[examples]" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert time.monotonic() - started < 20
