@@ -294,7 +294,7 @@ def cmd_join(args: argparse.Namespace) -> str:
         c.join(args.node, args.seed, keep_data=args.keep_data)
     if args.wait:
         return _followed(args, "join", lambda ask, line, deadline: transfers.follow_join(
-            ask, args.node, line, deadline))
+            ask, args.node, line, deadline), args.wait_timeout)
     return _dump({"joined": args.node, "seed": args.seed}) if args.json else \
         f"{args.node} is joining the cluster of {args.seed}"
 
@@ -304,7 +304,7 @@ def cmd_leave(args: argparse.Namespace) -> str:
         c.leave(args.node)
     if args.wait:
         return _followed(args, "leave", lambda ask, line, deadline: transfers.follow_leave(
-            ask, args.node, line, deadline))
+            ask, args.node, line, deadline), args.wait_timeout)
     return _dump({"leaving": args.node}) if args.json else \
         f"{args.node} is handing its ranges off; it exits when done"
 
@@ -314,16 +314,17 @@ def cmd_remove(args: argparse.Namespace) -> str:
         c.remove(args.name, args.node)
     if args.wait:
         return _followed(args, "remove", lambda ask, line, deadline: transfers.follow_remove(
-            ask, args.node, args.name, line, deadline))
+            ask, args.node, args.name, line, deadline), args.wait_timeout)
     return _dump({"removed": args.name}) if args.json else \
         f"{args.name} removed; its ranges are being rebuilt from the other replicas"
 
 
 def _followed(args: argparse.Namespace, change: str,
-              follow: Callable[[transfers.Ask, ProgressLine, float], str]) -> str:
-    """Follow a membership change to its end (``--wait``), progress on stderr."""
+              follow: Callable[[transfers.Ask, ProgressLine, float], str],
+              seconds: float) -> str:
+    """Follow a change to its end, for at most ``seconds``, progress on stderr."""
     line = ProgressLine(f"dynamo {change}")
-    deadline = time.monotonic() + args.wait_timeout
+    deadline = time.monotonic() + seconds
     with Client(args.node, timeout=transfers.ASK_TIMEOUT, key=args.key_file or None,
                 server_key=args.server_key_file or None, route=False) as c:
         outcome = follow(lambda address: c.status(node=address), line, deadline)
@@ -441,6 +442,9 @@ def cmd_wait(args: argparse.Namespace) -> str:
         problem = wait_ready(c, args.node, args.nodes, args.timeout)
     if problem is not None:
         raise DynamoError(f"not ready after {args.timeout:g}s: {problem}")
+    if args.drained:
+        return _followed(args, "wait", lambda ask, line, deadline: transfers.follow_handoff(
+            ask, args.node, line, deadline), args.timeout)
     return _dump({"ready": True, "node": args.node}) if args.json else "ready"
 
 
@@ -625,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait until at least this many members are up on the ring, and ready")
     p.add_argument("--timeout", type=_positive(float), default=60.0,
                    help="seconds to wait at most (default 60)")
+    p.add_argument("--drained", action="store_true",
+                   help="then wait until every hint held for an absent node is delivered, "
+                        "with the progress on stderr")
     _key_arguments(p)
 
     p = command("get", cmd_get, "read a key: its values and context")

@@ -10,6 +10,8 @@
   ``removed``.
 * **remove**: the remaining nodes rebuild a dead node's ranges from the other replicas (the
   ranges they gained are filling); done when every one sees it ``removed`` and none fills.
+* **handoff drain**: after an absence, the hints its peers held for a node are delivered;
+  done when no member holds a hint.
 
 The total of a bar is the most seen so far: work appears as the ring changes.
 """
@@ -128,3 +130,21 @@ def follow_remove(ask: Ask, address: str, name: str, line: ProgressLine,
         return None
 
     return _until(done, deadline, f"the removal of {name}")
+
+
+def follow_handoff(ask: Ask, address: str, line: ProgressLine, deadline: float) -> str:
+    first = ask(address)
+    addresses = [m["address"] for m in first["members"] if m["status"] != "removed"]
+    bar = _Bar(line)
+
+    def done() -> str | None:
+        pending = 0
+        for node in addresses:
+            try:
+                pending += ask(node)["hints_pending"]
+            except DynamoError:  # a member that does not answer may hold hints still
+                return None
+        bar.left(pending, "hints left to deliver")
+        return "every hint is delivered" if pending == 0 else None
+
+    return _until(done, deadline, "the delivery of every hint")

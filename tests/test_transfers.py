@@ -152,3 +152,19 @@ def test_a_node_whose_seeds_never_answer_stays_joining() -> None:
     me = next(m for m in core.status_document()["members"] if m["name"] == "n4")
     assert me["status"] == "joining"
     core.close()
+
+
+def test_wait_drained_follows_the_hints_for_a_returned_node_until_all_are_delivered(
+        cluster) -> None:
+    cl: Cluster = cluster(4)
+    cl.kill("n4")
+    with cl.client("n1", "n2", "n3") as c:
+        for i in range(60):
+            c.put(f"h{i}", i)
+    held = sum(status(cl, n)["hints_pending"] for n in ("n1", "n2", "n3"))
+    assert held > 0, "no stand-in held a hint for n4"
+    cl.restart("n4", wait=False)  # the command waits: for readiness, then for the hints
+    result = dynamo("wait", "--node", cl.address("n1"), "--drained", "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    assert "every hint is delivered" in result.stdout
+    assert sum(status(cl, n)["hints_pending"] for n in cl.names) == 0
