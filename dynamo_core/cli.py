@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -409,6 +410,12 @@ def cmd_node(args: argparse.Namespace) -> str:
     from .node import Node, run_loop, run_node
     _setup_logging(args.log_level, args.log_format, args.log_file)
     cfg = config_mod.load(args.config)
+    if args.metrics is not None:
+        try:
+            listen = config_mod.metrics_address(args.metrics, "--metrics")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        cfg = dataclasses.replace(cfg, metrics_listen=listen)
     data_dir = args.data_dir or os.path.join(DEFAULT_DATA_DIR, args.name)
     try:
         node = Node(args.name, args.listen, config=cfg, data_dir=data_dir,
@@ -591,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", required=True, type=_address,
                    help="address to bind, e.g. tcp://0.0.0.0:7609 for every interface "
                         "(IPv6: tcp://[::]:7609)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics there (overrides [metrics] listen)")
     p.add_argument("--advertise", type=_address, metavar="tcp://HOST:PORT",
                    help="address peers and clients are told to use (an IP address or a host "
                         "name); required when --listen is on every interface; default: "

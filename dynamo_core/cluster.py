@@ -84,7 +84,8 @@ def _node_command(i: int, addresses: list[str], data_dir: str, config: str | Non
     """The command running node ``n<i>`` (1-based) of ``addresses``, seeded with the others.
 
     It advertises its own address whatever the shared config says: a ``[node] advertise``
-    there names one machine's node, not each of these.
+    there names one machine's node, not each of these; and with ``[metrics] listen`` node
+    *i* serves its metrics on that port + *i* - 1.
     """
     cmd = [sys.executable, "-m", "dynamo_core.cli", "node", "--name", f"n{i}",
            "--listen", addresses[i - 1], "--advertise", addresses[i - 1],
@@ -95,6 +96,10 @@ def _node_command(i: int, addresses: list[str], data_dir: str, config: str | Non
             cmd += ["--seed", address]
     if config:
         cmd += ["--config", config]
+        metrics = config_mod.load(config).metrics_listen
+        if metrics is not None:  # one port per node: the config's, then the next ones
+            host, port = metrics
+            cmd += ["--metrics", f"{f'[{host}]' if ':' in host else host}:{port + i - 1}"]
     return cmd
 
 

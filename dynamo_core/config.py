@@ -327,7 +327,11 @@ def _metrics_listen(data: Mapping[str, Any], source: str) -> tuple[str, int] | N
     value = table.get("listen")
     if value is None:
         return None
-    where = f"{source} [metrics] listen"
+    return metrics_address(value, f"{source} [metrics] listen")
+
+
+def metrics_address(value: Any, where: str) -> tuple[str, int]:
+    """A metrics endpoint, ``HOST:PORT`` (the config's, or ``dynamo node --metrics``)."""
     if not isinstance(value, str):
         raise ConfigError(f'{where} must be "HOST:PORT" (text), like "127.0.0.1:9101", '
                           f"got {value!r}")

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import free_port
+from conftest import RunningCluster, free_port, free_port_run, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from test_advertise import ipv6_loopback
@@ -294,3 +294,17 @@ def test_a_copy_does_not_move_with_later_requests() -> None:
     counts = stats.copy()
     stats.observe(event())
     assert counts.latency[("get", "b", "ok")].count == 1
+
+
+def test_dynamo_cluster_gives_each_node_its_own_metrics_port(tmp_path) -> None:
+    """One config for every node of ``dynamo cluster``: node i serves on listen's port + i - 1."""
+    first = free_port_run(2) + 1
+    config = tmp_path / "metrics.toml"
+    config.write_text(f'[metrics]\nlisten = "127.0.0.1:{first}"\n')
+    rc = RunningCluster(tmp_path, "--config", str(config), nodes=2)
+    try:
+        wait_for(lambda: rc.ready, 30, f"the cluster to be ready:\n{rc.output}")
+        for port in (first, first + 1):
+            assert value(scrape(port), "dynamo_keys") >= 0
+    finally:
+        rc.close()
