@@ -800,7 +800,7 @@ def test_cli_request_prints_the_reply_body_as_json(procs) -> None:
     (("probe.echo", "{text: 1}"), 2, "BODY is not valid JSON"),
     (("probe.echo", "[1, 2]"), 2, "BODY must be a JSON object"),
     (("probe.echo", '{"text": 5}'), 1, "field 'text' must be text"),
-    (("nodot",), 1, "'<extension>.<verb>'"),
+    (("nodot",), 2, "'<extension>.<verb>'"),  # a command-line mistake
 ])
 def test_cli_request_failures_exit_non_zero_with_one_line(procs, args, status, problem) -> None:
     done = dynamo("request", *args, "--node", procs.address("n1"))
