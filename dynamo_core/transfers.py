@@ -67,7 +67,7 @@ def follow_join(ask: Ask, address: str, line: ProgressLine, deadline: float) -> 
         status = ask(address)
         me = _member(status, status["node"])
         filling = status["anti_entropy"]["ranges_filling"]
-        bar.left(filling, f"ranges filling, {len(status['members'])} members known")
+        bar.left(filling, f"of its ranges filled ({len(status['members'])} members known)")
         if me is not None and me["status"] == "up" and filling == 0 and \
                 len(status["members"]) > 1:
             return f"{status['node']} joined: it is up and its ranges are filled"
@@ -89,7 +89,7 @@ def follow_leave(ask: Ask, address: str, line: ProgressLine, deadline: float) ->
         except DynamoError:  # gone: it exits once it has handed everything over
             return _removed_somewhere(ask, others, name)
         left = status["anti_entropy"]["unowned"] + status["hints_pending"]
-        bar.left(left, "keys and hints left to hand over")
+        bar.left(left, "keys and hints handed over")
         return None
 
     return _until(done, deadline, f"the leave of {name}")
@@ -124,7 +124,7 @@ def follow_remove(ask: Ask, address: str, name: str, line: ProgressLine,
             filling += status["anti_entropy"]["ranges_filling"]
             member = _member(status, name)
             unaware += member is not None and member["status"] != "removed"
-        bar.left(filling, "ranges being rebuilt")
+        bar.left(filling, "ranges rebuilt")
         if filling == 0 and unaware == 0:
             return f"{name} removed: its ranges are rebuilt on the remaining nodes"
         return None
@@ -144,7 +144,7 @@ def follow_handoff(ask: Ask, address: str, line: ProgressLine, deadline: float) 
                 pending += ask(node)["hints_pending"]
             except DynamoError:  # a member that does not answer may hold hints still
                 return None
-        bar.left(pending, "hints left to deliver")
+        bar.left(pending, "hints delivered")
         return "every hint is delivered" if pending == 0 else None
 
     return _until(done, deadline, "the delivery of every hint")
