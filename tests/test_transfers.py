@@ -117,22 +117,32 @@ def test_a_node_told_to_join_is_joining_until_its_ranges_are_filled(cluster) -> 
     assert n4["anti_entropy"]["ranges_filling"] > 0
 
 
+def lone_node(seeds: tuple[str, ...] = ()) -> NodeCore:
+    """A node core no frame ever reaches, anti-entropy rounds every 0.1 s."""
+    config = config_mod.from_mapping({"storage": {"engine": "memory"},
+                                      "anti_entropy": {"interval": 0.1}})
+    core = NodeCore("n4", "tcp://n4.test:1", config=config, rng=random.Random(4),
+                    wall_clock=lambda: 1_800_000_000.0, seeds=seeds)
+    core.start(0.0)
+    return core
+
+
+def run_timers(core: NodeCore, start: float, until: float) -> dict:
+    """Fire every timer from ``start`` to ``until``; this node's own member record."""
+    now = start
+    while now < until:
+        now = max(core.next_timer() or now + 0.1, now + 0.01)
+        core.handle_timer(now)
+    return next(m for m in core.status_document()["members"] if m["name"] == "n4")
+
+
 def test_told_to_join_a_node_alone_stays_joining_until_it_hears_from_the_cluster() -> None:
     """Alone (the seed has not answered yet), its ranges have nobody to be compared with:
     they must not count as filled meanwhile, or it would be up and empty once it learns
     the cluster. Anti-entropy rounds run (timers fire) but no frame ever arrives."""
-    config = config_mod.from_mapping({"storage": {"engine": "memory"},
-                                      "anti_entropy": {"interval": 0.1}})
-    core = NodeCore("n4", "tcp://n4.test:1", config=config, rng=random.Random(4),
-                    wall_clock=lambda: 1_800_000_000.0)
-    core.start(0.0)
+    core = lone_node()
     core.receive(b"client", [Codec().encode("join", {"seed": "tcp://n1.test:1"}, 1)], 0.1)
-    now = 0.1
-    while now < 3.0:
-        now = max(core.next_timer() or now + 0.1, now + 0.01)
-        core.handle_timer(now)
-    me = next(m for m in core.status_document()["members"] if m["name"] == "n4")
-    assert me["status"] == "joining"
+    assert run_timers(core, 0.1, 3.0)["status"] == "joining"
     assert core.status_document()["anti_entropy"]["ranges_filling"] > 0
     core.close()
 
@@ -140,17 +150,8 @@ def test_told_to_join_a_node_alone_stays_joining_until_it_hears_from_the_cluster
 def test_a_node_whose_seeds_never_answer_stays_joining() -> None:
     """Started with a seed, a node's ranges may be held by a cluster it has not heard from:
     however many anti-entropy rounds run alone, it is not up."""
-    config = config_mod.from_mapping({"storage": {"engine": "memory"},
-                                      "anti_entropy": {"interval": 0.1}})
-    core = NodeCore("n4", "tcp://n4.test:1", config=config, rng=random.Random(4),
-                    wall_clock=lambda: 1_800_000_000.0, seeds=("tcp://n1.test:1",))
-    core.start(0.0)
-    now = 0.0
-    while now < 3.0:
-        now = max(core.next_timer() or now + 0.1, now + 0.01)
-        core.handle_timer(now)
-    me = next(m for m in core.status_document()["members"] if m["name"] == "n4")
-    assert me["status"] == "joining"
+    core = lone_node(seeds=("tcp://n1.test:1",))
+    assert run_timers(core, 0.0, 3.0)["status"] == "joining"
     core.close()
 
 
