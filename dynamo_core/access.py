@@ -80,13 +80,6 @@ def admission_key(identity: bytes, principal: Principal) -> bytes:
     return principal.key or identity
 
 
-def check_role(role: str, where: str) -> str:
-    """``role`` if it is one of :data:`ROLES`, else a ValueError naming the place."""
-    if role not in ROLES:
-        raise ValueError(f"{where}: unknown role {role!r}; roles are {', '.join(ROLES)}")
-    return role
-
-
 def includes(role: str, required: str) -> bool:
     """Whether ``role`` may do what ``required`` may (roles are ordered)."""
     return ROLES.index(role) >= ROLES.index(required)
